@@ -1,0 +1,55 @@
+"""Values handlers produce and consume: deliveries, looked-up records and the Store protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+#: A Pusher payload: JSON-serialisable, built by ``decide`` and never mutated afterwards.
+Payload = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One Pusher event to one channel: what Soketi is asked to trigger."""
+
+    channel: str
+    event: str
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A user (collection ``users``) or a shop (collection ``shops``) as the worker sees it."""
+
+    id: str
+    name: str | None
+    avatar: str | None = None
+    email: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    """A product (collection ``products``): name, owning shop and first image."""
+
+    id: str
+    name: str | None
+    shop_id: str | None
+    image: str | None
+
+
+class Store(Protocol):
+    """The MongoDB lookups handlers may await; a missing document is simply absent from the map.
+
+    Every method takes a set of ids (string form; the adapter also matches ObjectId ``_id``s)
+    and returns the documents it found keyed by that string id. An unreachable database
+    raises; it never answers with an empty map.
+    """
+
+    async def users(self, ids: Collection[str]) -> Mapping[str, Account]: ...
+
+    async def shops(self, ids: Collection[str]) -> Mapping[str, Account]: ...
+
+    async def products(self, ids: Collection[str]) -> Mapping[str, Product]: ...
