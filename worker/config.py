@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -11,44 +11,31 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # Env-var names are the field names upper-cased (pydantic-settings' default, case-insensitive).
 
 
-class Settings(BaseSettings):
-    """Everything the worker reads from the environment; frozen once built in ``main()``."""
+class BrokerSettings(BaseSettings):
+    """What talking to RabbitMQ needs: enough for ``publish`` and ``dlq`` without Soketi's keys."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=False)
 
-    # -- the contract's section 1 --
     rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     events_exchange: str = Field(default="bazaar.events", min_length=1)
     worker_queue: str = Field(default="bazaar.fanout", min_length=1)
-    mongodb_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
-    mongodb_db: str = Field(default="bazaar", min_length=1)
-    soketi_app_id: str = Field(pattern=r"^[0-9]+$")
-    soketi_app_key: str = Field(min_length=1)
-    soketi_app_secret: SecretStr
-    soketi_host: str = Field(default="127.0.0.1", min_length=1)
-    soketi_port: int = Field(default=6001, ge=1, le=65535)
-    soketi_use_tls: bool = False
-    http_port: int = Field(default=8000, ge=0, le=65535)
-    auth_jwt_secret: SecretStr | None = None
-    auth_cookie_name: str | None = None
-
-    # -- operations --
     queue_bindings: Annotated[tuple[str, ...], NoDecode] = ("#",)
-    prefetch_count: int = Field(default=200, ge=1, le=65535)
     delivery_limit: int = Field(default=20, ge=1)
-    max_payload_kb: int = Field(default=100, ge=1)
-    soketi_timeout_s: float = Field(default=5.0, gt=0)
-    mongodb_timeout_s: float = Field(default=5.0, gt=0)
-    processed_retention_h: float = Field(default=72.0, gt=0)
-    ephemeral_max_age_s: float = Field(default=10.0, gt=0)
-    drain_timeout_s: float = Field(default=20.0, gt=0)
-    log_format: str = Field(default="json", pattern=r"^(json|console)$")
-    log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
+    retry_delays_s: Annotated[tuple[float, ...], NoDecode] = (5, 30, 120, 600, 3600)
+    retry_max_age_s: float = Field(default=24 * 3600, gt=0)
 
     @field_validator("queue_bindings", mode="before")
     @classmethod
     def _split_bindings(cls, value: object) -> object:
         """Accept ``QUEUE_BINDINGS`` as a comma-separated list of routing-key patterns."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("retry_delays_s", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        """Accept ``RETRY_DELAYS_S`` as comma-separated seconds, e.g. ``5,30,120``."""
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
@@ -60,10 +47,52 @@ class Settings(BaseSettings):
             raise ValueError("needs at least one routing-key pattern")
         return value
 
+    @field_validator("retry_delays_s")
+    @classmethod
+    def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(delay <= 0 for delay in value):
+            raise ValueError("needs one or more positive delays in seconds")
+        return value
+
     @property
     def dlq_name(self) -> str:
         """The dead-letter queue, ``{WORKER_QUEUE}.dlq`` (contract section 6)."""
         return f"{self.worker_queue}.dlq"
+
+
+class Settings(BrokerSettings):
+    """Everything the worker reads from the environment; frozen once built in ``main()``."""
+
+    # -- the contract's section 1 (broker settings are inherited) --
+    mongodb_url: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    mongodb_db: str = Field(default="bazaar", min_length=1)
+    soketi_app_id: str = Field(pattern=r"^[0-9]+$")
+    soketi_app_key: str = Field(min_length=1)
+    soketi_app_secret: SecretStr
+    soketi_host: str = Field(default="127.0.0.1", min_length=1)
+    soketi_port: int = Field(default=6001, ge=1, le=65535)
+    soketi_use_tls: bool = False
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    http_host: str = "0.0.0.0"  # noqa: S104  # a container's port must be reachable
+    auth_jwt_secret: SecretStr | None = None
+    auth_cookie_name: str | None = None
+
+    # -- operations --
+    prefetch_count: int = Field(default=200, ge=1, le=65535)
+    max_payload_kb: int = Field(default=100, ge=1)
+    soketi_timeout_s: float = Field(default=5.0, gt=0)
+    mongodb_timeout_s: float = Field(default=5.0, gt=0)
+    processed_retention_h: float = Field(default=72.0, gt=0)
+    ephemeral_max_age_s: float = Field(default=10.0, gt=0)
+    drain_timeout_s: float = Field(default=20.0, gt=0)
+    log_format: str = Field(default="json", pattern=r"^(json|console)$")
+    log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
+
+    @property
+    def soketi_url(self) -> str:
+        """``http(s)://host:port`` of Soketi's HTTP API."""
+        scheme = "https" if self.soketi_use_tls else "http"
+        return f"{scheme}://{self.soketi_host}:{self.soketi_port}"
 
 
 def describe_error(error: ValidationError) -> str:
@@ -75,10 +104,13 @@ def describe_error(error: ValidationError) -> str:
     return f"{name} is invalid: {first['msg']}"
 
 
-def load_settings() -> Settings:
-    """Build the settings from the environment, or exit 2 with one line naming the culprit."""
+_S = TypeVar("_S", bound=BrokerSettings)
+
+
+def load_settings(kind: type[_S]) -> _S:
+    """Build ``kind`` from the environment, or exit 2 with one line naming the culprit."""
     try:
-        return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+        return kind()
     except ValidationError as error:
         exit_config_error(describe_error(error))
 

@@ -1,0 +1,34 @@
+# The same commands on a laptop, in CI (.ci/run) and in the hook.
+# `make demo` and `make test` install everything they need on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SOKETI := tools/soketi/node_modules/.bin/soketi
+
+.PHONY: demo test lint bench install clean
+
+demo: install  ## the worker on local defaults with a demo stream and a terminal view
+	$(BIN)/python -m worker demo $(DEMO_ARGS)
+
+test: install  ## every test, against real RabbitMQ, Soketi and the MongoDB stand-in
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check worker handlers schemas tests bench
+	$(BIN)/ruff format --check worker handlers schemas tests bench
+	$(BIN)/mypy
+
+install: $(VENV)/.installed $(SOKETI)
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+$(SOKETI): tools/soketi/package.json tools/soketi/package-lock.json
+	npm ci --prefix tools/soketi --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	rm -rf $(VENV) tools/soketi/node_modules

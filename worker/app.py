@@ -1,0 +1,164 @@
+"""The worker's lifecycle: connect, declare, consume, serve HTTP, drain on stop, close in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import aio_pika
+import aiohttp
+import structlog
+
+from worker import broker, http, mongo
+from worker.config import Settings
+from worker.consumer import Consumer, SettlePaths
+from worker.errors import FanoutError, Misconfigured
+from worker.metrics import Metrics
+from worker.pipeline import Deps
+from worker.retry import RetryPolicy
+from worker.soketi import Credentials, Limits, SoketiClient
+
+log = structlog.get_logger("fanout")
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What a running worker exposes to its caller (tests, the demo): its bound HTTP port."""
+
+    http_port: int
+
+
+def topology_of(settings: Settings) -> broker.Topology:
+    """The broker topology the settings describe."""
+    return broker.Topology(
+        exchange=settings.events_exchange,
+        queue=settings.worker_queue,
+        bindings=settings.queue_bindings,
+        delivery_limit=settings.delivery_limit,
+        retry_delays_s=settings.retry_delays_s,
+    )
+
+
+async def run(
+    settings: Settings,
+    *,
+    stop: asyncio.Event,
+    metrics: Metrics | None = None,
+    retry: RetryPolicy | None = None,
+    on_started: Callable[[Started], None] | None = None,
+) -> None:
+    """Run the worker until ``stop`` is set, then drain in-flight work and close everything."""
+    metrics = metrics or Metrics.create()
+    retry = retry or RetryPolicy()
+    async with AsyncExitStack() as stack:
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        )
+        soketi = SoketiClient(
+            Credentials(
+                settings.soketi_app_id,
+                settings.soketi_app_key,
+                settings.soketi_app_secret.get_secret_value(),
+            ),
+            settings.soketi_url,
+            session,
+            limits=Limits(max_payload_bytes=settings.max_payload_kb * 1024),
+            retry=retry,
+            timeout_s=settings.soketi_timeout_s,
+            on_response=metrics.soketi_response,
+        )
+        client = mongo.connect(
+            settings.mongodb_url.get_secret_value(), timeout_s=settings.mongodb_timeout_s
+        )
+        stack.push_async_callback(client.close)
+        gateway = mongo.MongoGateway(client[settings.mongodb_db], retry, metrics.mongodb_query)
+        processed = mongo.ProcessedLog(gateway, settings.processed_retention_h * 3600)
+        try:
+            await processed.ensure_indexes()
+        except FanoutError as error:
+            log.warning("fanout.index_setup_failed", error=str(error))
+
+        connection = await aio_pika.connect_robust(
+            settings.rabbitmq_url.get_secret_value(), client_properties={"connection_name": "bazaar-fanout consumer"}
+        )
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=settings.prefetch_count)
+        topology = topology_of(settings)
+        declared = await broker.declare(channel, topology)
+        publisher = await connection.channel(publisher_confirms=True)
+        paths = SettlePaths(
+            dead=await publisher.get_exchange(topology.dead_exchange, ensure=False),
+            retries=tuple(
+                [
+                    await publisher.get_exchange(topology.tier(i), ensure=False)
+                    for i in range(len(topology.retry_delays_s))
+                ]
+            ),
+            max_retry_age_s=settings.retry_max_age_s,
+        )
+
+        consuming = asyncio.Event()
+
+        def misconfigured(error: Misconfigured) -> None:
+            log.critical("fanout.misconfigured", error=str(error), action="stopped consuming")
+            stop.set()
+
+        consumer = Consumer(
+            deps=Deps(
+                store=mongo.MongoStore(gateway),
+                processed=processed,
+                soketi=soketi,
+                clock=time.time,
+                ephemeral_max_age_s=settings.ephemeral_max_age_s,
+            ),
+            paths=paths,
+            metrics=metrics,
+            on_misconfigured=misconfigured,
+        )
+
+        async def check_consuming() -> str | None:
+            return None if consuming.is_set() else "not consuming"
+
+        async def check_soketi() -> str | None:
+            await soketi.ping()
+            return None
+
+        async def check_mongodb() -> str | None:
+            await gateway.ping()
+            return None
+
+        server = await http.start(
+            http.build_app(
+                metrics,
+                {"consumer": check_consuming, "soketi": check_soketi, "mongodb": check_mongodb},
+            ),
+            settings.http_host,
+            settings.http_port,
+        )
+        stack.push_async_callback(server.close)
+
+        tag = await declared.queue.consume(consumer.handle)
+        consuming.set()
+        metrics.consumer_up.set(1)
+        log.info(
+            "fanout.started",
+            queue=topology.queue,
+            exchange=topology.exchange,
+            bindings=list(topology.bindings),
+            prefetch=settings.prefetch_count,
+            http_port=server.port,
+        )
+        if on_started is not None:
+            on_started(Started(http_port=server.port))
+
+        await stop.wait()
+        log.info("fanout.stopping", in_flight=consumer.in_flight)
+        consuming.clear()
+        metrics.consumer_up.set(0)
+        await declared.queue.cancel(tag)
+        drained = await consumer.drained(settings.drain_timeout_s)
+        log.info("fanout.stopped", drained=drained, returned_to_queue=consumer.in_flight)

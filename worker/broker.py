@@ -1,0 +1,221 @@
+"""The only module that talks to RabbitMQ: topology, consuming and confirmed publishing.
+
+Topology (declared idempotently at start)::
+
+    EVENTS_EXCHANGE (topic) --QUEUE_BINDINGS--> WORKER_QUEUE (quorum, x-delivery-limit)
+    WORKER_QUEUE.dead (fanout) ------------------> WORKER_QUEUE.dlq (quorum)
+    WORKER_QUEUE.retry.5s (fanout) --> WORKER_QUEUE.retry.5s (quorum, x-message-ttl 5 s)
+        ... one pair per delay tier; each tier queue dead-letters on expiry to
+    WORKER_QUEUE.return (fanout) ----------------> WORKER_QUEUE
+
+Every hop is a fanout exchange, so a message keeps its original routing key all the way.
+Dead-lettered messages are published by the worker to ``WORKER_QUEUE.dead`` with their
+original body and properties plus ``fanout-*`` headers; the broker itself dead-letters
+there too when a message exceeds the delivery limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    DeliveryMode,
+    ExchangeType,
+)
+
+REASON = "fanout-reason"
+ERROR = "fanout-error"
+ATTEMPTS = "fanout-attempts"
+FIRST_FAILED_AT = "fanout-first-failed-at"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Names and arguments of everything the worker declares."""
+
+    exchange: str
+    queue: str
+    bindings: tuple[str, ...] = ("#",)
+    delivery_limit: int = 20
+    retry_delays_s: tuple[float, ...] = (5, 30, 120, 600, 3600)
+
+    def tier(self, index: int) -> str:
+        """Name of retry tier ``index`` (0-based): exchange and queue share it."""
+        return f"{self.queue}.retry.{tier_label(self.retry_delays_s[index])}"
+
+    @property
+    def return_exchange(self) -> str:
+        """The fanout exchange expired retries come back through, bound to the main queue only."""
+        return f"{self.queue}.return"
+
+    @property
+    def dlq(self) -> str:
+        """The dead-letter queue."""
+        return f"{self.queue}.dlq"
+
+    @property
+    def dead_exchange(self) -> str:
+        """The fanout exchange in front of the dead-letter queue."""
+        return f"{self.queue}.dead"
+
+    def queue_arguments(self) -> dict[str, Any]:
+        """Arguments of the main queue (quorum, delivery limit, broker dead-lettering)."""
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dead_exchange,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """Handles on the declared topology."""
+
+    queue: AbstractQueue
+    dead_exchange: AbstractExchange
+    events_exchange: AbstractExchange
+    retry_exchanges: tuple[AbstractExchange, ...]
+
+
+async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
+    """Declare exchange, main queue, bindings and dead-letter path; safe to repeat."""
+    events = await channel.declare_exchange(topology.exchange, ExchangeType.TOPIC, durable=True)
+    dead = await channel.declare_exchange(topology.dead_exchange, ExchangeType.FANOUT, durable=True)
+    dlq = await channel.declare_queue(
+        topology.dlq, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dlq.bind(dead, routing_key="#")
+    queue = await channel.declare_queue(
+        topology.queue, durable=True, arguments=topology.queue_arguments()
+    )
+    for pattern in topology.bindings:
+        await queue.bind(events, routing_key=pattern)
+    back = await channel.declare_exchange(
+        topology.return_exchange, ExchangeType.FANOUT, durable=True
+    )
+    await queue.bind(back, routing_key="#")
+    tiers = []
+    for index, delay_s in enumerate(topology.retry_delays_s):
+        name = topology.tier(index)
+        exchange = await channel.declare_exchange(name, ExchangeType.FANOUT, durable=True)
+        tier_queue = await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": int(delay_s * 1000),
+                "x-dead-letter-exchange": topology.return_exchange,
+            },
+        )
+        await tier_queue.bind(exchange, routing_key="#")
+        tiers.append(exchange)
+    return Declared(
+        queue=queue, dead_exchange=dead, events_exchange=events, retry_exchanges=tuple(tiers)
+    )
+
+
+def tier_label(delay_s: float) -> str:
+    """A short label for a delay: ``5s``, ``2m``, ``1h``, ``1500ms``."""
+    if delay_s < 1 or delay_s != int(delay_s):
+        return f"{int(delay_s * 1000)}ms"
+    seconds = int(delay_s)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def dead_letter_headers(
+    original: Mapping[str, Any],
+    *,
+    reason: str,
+    error: str,
+    attempts: int,
+    first_failed_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The original headers plus the contract's ``fanout-*`` dead-letter headers."""
+    first = original.get(FIRST_FAILED_AT)
+    if not isinstance(first, str):
+        first = (first_failed_at or datetime.now(UTC)).isoformat(timespec="milliseconds")
+    return {
+        **original,
+        REASON: reason,
+        ERROR: error,
+        ATTEMPTS: attempts,
+        FIRST_FAILED_AT: first,
+    }
+
+
+def attempts_of(message: AbstractIncomingMessage) -> int:
+    """How many times this message has been tried before (our own header, not ``x-death``)."""
+    value = (message.headers or {}).get(ATTEMPTS, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def copy_of(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> aio_pika.Message:
+    """A persistent copy of ``message`` (body, ids, type) with ``headers``."""
+    return aio_pika.Message(
+        body=message.body,
+        headers=dict(headers),
+        content_type=message.content_type or "application/json",
+        content_encoding=message.content_encoding,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+        delivery_mode=DeliveryMode.PERSISTENT,
+    )
+
+
+async def schedule_retry(
+    exchange: AbstractExchange,
+    message: AbstractIncomingMessage,
+    *,
+    attempts: int,
+    first_failed_at: datetime,
+    error: str,
+) -> None:
+    """Publish ``message`` (confirmed) to a delay tier with its attempt count; do not settle it."""
+    headers = dict(message.headers or {})
+    headers.setdefault(FIRST_FAILED_AT, first_failed_at.isoformat(timespec="milliseconds"))
+    headers[ATTEMPTS] = attempts
+    headers[ERROR] = error
+    await exchange.publish(copy_of(message, headers), routing_key=message.routing_key or "")
+
+
+def first_failed_at(message: AbstractIncomingMessage) -> datetime | None:
+    """When this message first failed, from our header, if it has failed before."""
+    value = (message.headers or {}).get(FIRST_FAILED_AT)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+async def dead_letter(
+    exchange: AbstractExchange,
+    message: AbstractIncomingMessage,
+    *,
+    reason: str,
+    error: str,
+    attempts: int,
+) -> None:
+    """Publish ``message`` to the dead-letter path (confirmed) with its reason; do not settle it."""
+    headers = dead_letter_headers(
+        dict(message.headers or {}), reason=reason, error=error, attempts=attempts
+    )
+    await exchange.publish(copy_of(message, headers), routing_key=message.routing_key or "")

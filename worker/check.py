@@ -1,0 +1,70 @@
+"""``check``: one verdict per service, using the same adapters as the worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import aiohttp
+
+from worker import mongo
+from worker.config import Settings
+from worker.errors import FanoutError
+from worker.retry import RetryPolicy
+from worker.soketi import Credentials, Limits, SoketiClient
+
+_ONCE = RetryPolicy(attempts=1, total_s=10, initial_s=0, max_wait_s=0)
+
+
+async def run_checks(settings: Settings, timeout_s: float = 5.0) -> list[tuple[str, str | None]]:
+    """Check RabbitMQ, MongoDB and Soketi concurrently; ``None`` means ok."""
+    names = ("RabbitMQ", "MongoDB", "Soketi")
+    checks = (_rabbitmq(settings), _mongodb(settings, timeout_s), _soketi(settings, timeout_s))
+    answers = await asyncio.gather(
+        *(asyncio.wait_for(c, timeout_s + 1) for c in checks), return_exceptions=True
+    )
+    results: list[tuple[str, str | None]] = []
+    for name, answer in zip(names, answers, strict=True):
+        if isinstance(answer, TimeoutError):
+            results.append((name, f"no answer within {timeout_s}s"))
+        elif isinstance(answer, BaseException):
+            results.append((name, _describe(answer)))
+        else:
+            results.append((name, None))
+    return results
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, FanoutError):
+        return str(error)
+    return f"{type(error).__name__}: {error}".split("\n")[0][:200]
+
+
+async def _rabbitmq(settings: Settings) -> None:
+    connection = await aio_pika.connect(settings.rabbitmq_url.get_secret_value(), timeout=5)
+    await connection.close()
+
+
+async def _mongodb(settings: Settings, timeout_s: float) -> None:
+    client = mongo.connect(settings.mongodb_url.get_secret_value(), timeout_s=timeout_s)
+    try:
+        await mongo.MongoGateway(client[settings.mongodb_db], _ONCE).ping()
+    finally:
+        await client.close()
+
+
+async def _soketi(settings: Settings, timeout_s: float) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = SoketiClient(
+            Credentials(
+                settings.soketi_app_id,
+                settings.soketi_app_key,
+                settings.soketi_app_secret.get_secret_value(),
+            ),
+            settings.soketi_url,
+            session,
+            limits=Limits(),
+            retry=_ONCE,
+            timeout_s=timeout_s,
+        )
+        await client.ping()

@@ -1,0 +1,229 @@
+"""The only module that talks to Soketi: signed Pusher HTTP API calls over one shared session.
+
+Request building (``plan_requests``) and signing (``sign_request``) are pure and tested with
+fixed vectors; ``SoketiClient`` sends them. The ``pusher`` package's signing primitive is
+used, but not its client: its size checks measure ``sys.getsizeof`` (which rejects a Hindi
+chat message far below Soketi's limit) and its aiohttp backend opens a session per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+from pusher.signature import sign as pusher_sign
+
+from handlers.model import Delivery
+from worker.errors import (
+    Misconfigured,
+    PayloadTooLarge,
+    RejectedBySoketi,
+    SoketiUnavailable,
+)
+from worker.retry import RetryPolicy, retrying
+
+_T = TypeVar("_T")
+
+MAX_CHANNELS_PER_EVENT = 100
+MAX_EVENTS_PER_BATCH = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A Pusher app's id, key and secret; the secret never appears in a repr."""
+
+    app_id: str
+    key: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRequest:
+    """A signed Pusher HTTP API request, ready to send."""
+
+    method: str
+    path: str
+    query: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Soketi's per-event limits (its defaults: 100 KB, 100 channels, batches of 10)."""
+
+    max_payload_bytes: int = 100 * 1024
+    max_channels: int = MAX_CHANNELS_PER_EVENT
+    max_batch: int = MAX_EVENTS_PER_BATCH
+
+
+def sign_request(
+    creds: Credentials,
+    method: str,
+    path: str,
+    body: bytes,
+    *,
+    timestamp: int,
+    params: Mapping[str, str] | None = None,
+) -> ApiRequest:
+    """Sign a request the way the Pusher HTTP API (and Soketi) verifies it."""
+    query = dict(params or {})
+    query.update(
+        auth_key=creds.key,
+        auth_timestamp=str(timestamp),
+        auth_version="1.0",
+        body_md5=hashlib.md5(body).hexdigest(),  # noqa: S324  # the protocol mandates MD5
+    )
+    ordered = "&".join(f"{k}={v}" for k, v in sorted(query.items()))
+    signature = pusher_sign(creds.secret, f"{method}\n{path}\n{ordered}")
+    return ApiRequest(method, path, f"{ordered}&auth_signature={signature}", body)
+
+
+def encode_payload(payload: Mapping[str, Any], limits: Limits) -> str:
+    """Serialise a payload to the JSON string Pusher carries, refusing one Soketi would refuse."""
+    data = orjson.dumps(payload)
+    if len(data) > limits.max_payload_bytes:
+        raise PayloadTooLarge(
+            f"payload of {len(data)} bytes exceeds the {limits.max_payload_bytes}-byte limit"
+        )
+    return data.decode()
+
+
+def plan_requests(
+    deliveries: Sequence[Delivery], socket_id: str | None, limits: Limits
+) -> list[tuple[str, bytes]]:
+    """Turn one event's deliveries into API calls: ``(endpoint, body)`` pairs.
+
+    Deliveries that share an event name and payload become one ``events`` call per 100
+    channels; the rest go out as ``batch_events`` calls of at most ``max_batch`` entries.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for delivery in deliveries:
+        data = encode_payload(delivery.payload, limits)
+        channels = groups.setdefault((delivery.event, data), [])
+        if delivery.channel not in channels:
+            channels.append(delivery.channel)
+    extra = {"socket_id": socket_id} if socket_id else {}
+    requests: list[tuple[str, bytes]] = []
+    singles: list[dict[str, Any]] = []
+    for (event, data), channels in groups.items():
+        if len(channels) == 1:
+            singles.append({"channel": channels[0], "name": event, "data": data, **extra})
+            continue
+        for chunk in _chunks(channels, limits.max_channels):
+            body = {"name": event, "channels": chunk, "data": data, **extra}
+            requests.append(("events", orjson.dumps(body)))
+    if len(singles) == 1:
+        only = singles[0]
+        body = {"name": only["name"], "channels": [only["channel"]], "data": only["data"], **extra}
+        requests.append(("events", orjson.dumps(body)))
+    else:
+        for batch in _chunks(singles, limits.max_batch):
+            requests.append(("batch_events", orjson.dumps({"batch": batch})))
+    return requests
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[list[_T]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def classify_response(status: int, body: bytes) -> None:
+    """Raise the error a Soketi answer means; return quietly when it accepted the call.
+
+    Soketi answers many errors with HTTP 200 and ``{"error": ..., "code": ...}``, so the
+    body decides, not the status alone.
+    """
+    code = status
+    detail = ""
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and "error" in parsed:
+        code = parsed.get("code") if isinstance(parsed.get("code"), int) else max(status, 400)
+        detail = str(parsed["error"])
+    elif status < 300:
+        return
+    else:
+        detail = body[:200].decode("utf-8", "replace")
+    message = f"Soketi answered {code}: {detail}".strip()
+    if code in (401, 403):
+        raise Misconfigured(f"{message} (check SOKETI_APP_ID/KEY/SECRET)")
+    if code == 413:
+        raise PayloadTooLarge(message)
+    if code == 429 or code >= 500:
+        raise SoketiUnavailable(message)
+    raise RejectedBySoketi(message)
+
+
+class SoketiClient:
+    """Sends signed Pusher API calls over one shared ``aiohttp`` session, with short retries."""
+
+    def __init__(
+        self,
+        creds: Credentials,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        *,
+        limits: Limits,
+        retry: RetryPolicy,
+        timeout_s: float,
+        clock: Callable[[], float] = time.time,
+        on_response: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._creds = creds
+        self._base_url = base_url.rstrip("/")
+        self._session = session
+        self._limits = limits
+        self._retry = retry
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._clock = clock
+        self._on_response = on_response
+
+    @property
+    def limits(self) -> Limits:
+        """The size limits this client enforces before sending."""
+        return self._limits
+
+    async def deliver(self, deliveries: Sequence[Delivery], socket_id: str | None = None) -> int:
+        """Trigger every delivery of one event; return how many API calls it took."""
+        requests = plan_requests(deliveries, socket_id, self._limits)
+        for endpoint, body in requests:
+            await self.call("POST", f"/apps/{self._creds.app_id}/{endpoint}", body)
+        return len(requests)
+
+    async def ping(self) -> None:
+        """Make one signed read-only call (the channels list) to prove Soketi accepts us."""
+        await self.call("GET", f"/apps/{self._creds.app_id}/channels", b"")
+
+    async def call(self, method: str, path: str, body: bytes) -> Any:
+        """Send one signed call with short jittered retries on transient failures."""
+        async for attempt in retrying(self._retry, SoketiUnavailable):
+            with attempt:
+                return await self._send_once(method, path, body)
+        raise AssertionError("unreachable: retrying re-raises the last error")  # pragma: no cover
+
+    async def _send_once(self, method: str, path: str, body: bytes) -> Any:
+        request = sign_request(self._creds, method, path, body, timestamp=int(self._clock()))
+        url = f"{self._base_url}{request.path}?{request.query}"
+        headers = {"Content-Type": "application/json"} if body else {}
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                method, url, data=body or None, headers=headers, timeout=self._timeout
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except TimeoutError as error:
+            raise SoketiUnavailable(f"Soketi timed out after {self._timeout.total}s") from error
+        except aiohttp.ClientError as error:
+            raise SoketiUnavailable(f"Soketi unreachable: {type(error).__name__}") from error
+        if self._on_response is not None:
+            self._on_response(status, time.perf_counter() - started)
+        classify_response(status, raw)
+        return orjson.loads(raw) if raw else None
