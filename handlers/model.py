@@ -53,3 +53,25 @@ class Store(Protocol):
     async def shops(self, ids: Collection[str]) -> Mapping[str, Account]: ...
 
     async def products(self, ids: Collection[str]) -> Mapping[str, Product]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NoLookups:
+    """What ``load`` returns for an event that needs nothing from MongoDB."""
+
+
+NO_LOOKUPS = NoLookups()
+
+
+@dataclass(frozen=True, slots=True)
+class AccountLookups:
+    """One account (user or shop) an event names; ``None`` when MongoDB has no such document."""
+
+    account: Account | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProductLookups:
+    """The product an event names; ``None`` when MongoDB has no such document."""
+
+    product: Product | None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -15,6 +15,17 @@ SOCKET_ID_PATTERN = r"^\d+\.\d+$"
 #: inject a ``-``-free separator such as ``,``/``.``/space into a channel name.
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, strict=True)]
 SocketId = Annotated[str, StringConstraints(pattern=SOCKET_ID_PATTERN, max_length=64, strict=True)]
+
+
+def _iso_text(value: object) -> object:
+    """Refuse non-strings: pydantic would read a number as epoch seconds *or* milliseconds."""
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO-8601 string with a timezone")
+    return value
+
+
+#: ``occurredAt``: an ISO-8601 string with a timezone (section 2), never a bare number.
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 
 
 class Model(BaseModel):
@@ -30,12 +41,12 @@ class Model(BaseModel):
 
 
 class EnvelopeFields(Model):
-    """The contract's envelope (section 2) without ``type`` and ``data``, which each event narrows."""
+    """The envelope (CONTRACT section 2) without ``type`` and ``data``, which each event narrows."""
 
     id: Id
-    occurred_at: AwareDatetime
+    occurred_at: IsoDatetime
     socket_id: SocketId | None = None
-    version: int = Field(default=1, ge=1)
+    version: int = Field(default=1, ge=1, strict=True)
     source: str | None = Field(default=None, max_length=200)
     correlation_id: str | None = Field(default=None, max_length=200)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from types import SimpleNamespace
+from urllib.parse import parse_qsl
 
 import orjson
-import pusher
 import pytest
 from pusher.http import Request
 
@@ -25,10 +26,10 @@ CREDS = Credentials(app_id="4242", key="app-key", secret="app-secret")
 def test_signature_matches_the_pusher_package(monkeypatch: pytest.MonkeyPatch) -> None:
     """Our signature equals the one pusher-http-python computes for the same request and time."""
     monkeypatch.setattr("time.time", lambda: 1_700_000_000)
-    client = pusher.Pusher(app_id="4242", key="app-key", secret="app-secret", host="h", port=1)
-    reference = Request(client._pusher_client, "POST", "/apps/4242/events", {"name": "x"})
+    client = SimpleNamespace(key="app-key", secret="app-secret")
+    reference = Request(client, "POST", "/apps/4242/events", {"name": "x"})
     ours = sign_request(CREDS, "POST", "/apps/4242/events", reference.body, timestamp=1_700_000_000)
-    assert ours.query == reference.query_string
+    assert dict(parse_qsl(ours.query)) == reference.query_params
 
 
 def test_signature_fixed_vector() -> None:

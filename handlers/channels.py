@@ -1,0 +1,56 @@
+"""Channel names (CONTRACT sections 3 and 5): pure builders, one per kind of channel.
+
+Every builder refuses an id outside ``[A-Za-z0-9_-]{1,64}``, so no id can forge another
+channel's name; schemas already guarantee that for ids from events, and ``is_id`` lets
+handlers check ids read from MongoDB before building a name from them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from schemas.base import ID_PATTERN
+
+PRIVATE_ADMIN = "private-admin"
+PUBLIC = "public"
+
+_ID = re.compile(ID_PATTERN)
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` is an id a channel name may carry."""
+    return _ID.fullmatch(value) is not None
+
+
+def _checked(account_id: str) -> str:
+    if not is_id(account_id):
+        raise ValueError(f"not a valid id for a channel name: {account_id[:80]!r}")
+    return account_id
+
+
+def private_user(user_id: str) -> str:
+    """The personal channel of a user: ``private-user-{id}``."""
+    return f"private-user-{_checked(user_id)}"
+
+
+def private_seller(shop_id: str) -> str:
+    """The personal channel of a shop: ``private-seller-{id}``."""
+    return f"private-seller-{_checked(shop_id)}"
+
+
+def private_chat(conversation_id: str) -> str:
+    """A conversation's channel: ``private-chat-{id}``."""
+    return f"private-chat-{_checked(conversation_id)}"
+
+
+def private_order(order_id: str) -> str:
+    """An order's channel: ``private-order-{id}``."""
+    return f"private-order-{_checked(order_id)}"
+
+
+def private_account(account_type: Literal["user", "seller"], account_id: str) -> str:
+    """The personal channel of a user or a shop, by account type."""
+    if account_type == "user":
+        return private_user(account_id)
+    return private_seller(account_id)
