@@ -36,7 +36,7 @@ class Model(BaseModel):
         populate_by_name=True,
         frozen=True,
         extra="ignore",
-        str_max_length=100_000,
+        str_max_length=200_000,
     )
 
 

@@ -31,8 +31,9 @@ ShortText = Annotated[str, StringConstraints(strict=True, min_length=1, max_leng
 #: Free text for people: an explanation, a reason, an alert message.
 Text = Annotated[str, StringConstraints(strict=True, max_length=2_000)]
 
-#: A chat message body.
-Content = Annotated[str, StringConstraints(strict=True, max_length=20_000)]
+#: A chat message body. Its real limit is Soketi's payload size in UTF-8 bytes, which the
+#: worker checks before sending (``payload_too_large``); this bound only caps memory.
+Content = Annotated[str, StringConstraints(strict=True, max_length=200_000)]
 
 #: A URL or date the worker only passes through.
 PassThrough = Annotated[str, StringConstraints(strict=True, max_length=2_000)]

@@ -1,4 +1,4 @@
-"""The worker's lifecycle: connect, declare, consume, serve HTTP, drain on stop, close in reverse."""
+"""The worker's lifecycle: connect, declare, consume, serve HTTP, drain on stop, close."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ async def run(
             log.warning("fanout.index_setup_failed", error=str(error))
 
         connection = await aio_pika.connect_robust(
-            settings.rabbitmq_url.get_secret_value(), client_properties={"connection_name": "bazaar-fanout consumer"}
+            settings.rabbitmq_url.get_secret_value(),
+            client_properties={"connection_name": "bazaar-fanout consumer"},
         )
         stack.push_async_callback(connection.close)
         channel = await connection.channel(publisher_confirms=True)

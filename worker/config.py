@@ -73,7 +73,7 @@ class Settings(BrokerSettings):
     soketi_port: int = Field(default=6001, ge=1, le=65535)
     soketi_use_tls: bool = False
     http_port: int = Field(default=8000, ge=0, le=65535)
-    http_host: str = "0.0.0.0"  # noqa: S104  # a container's port must be reachable
+    http_host: str = "0.0.0.0"  # a container's port must be reachable
     auth_jwt_secret: SecretStr | None = None
     auth_cookie_name: str | None = None
 

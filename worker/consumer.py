@@ -1,4 +1,4 @@
-"""Consuming: one callback per message, one ``settle`` that is the only place a message is settled."""
+"""Consuming: one callback per message; ``settle`` is the only place a message is settled."""
 
 from __future__ import annotations
 
@@ -115,13 +115,13 @@ class Consumer:
             result: Result | BaseException
             try:
                 result = await process(message.body, self.deps)
-            except Exception as error:  # noqa: BLE001  # settle decides by the error's class
+            except Exception as error:  # settle decides by the error's class
                 result = error
             settled = await settle(message, result, self.paths)
             self._observe(message, result, settled, time.perf_counter() - started)
             if isinstance(result, Misconfigured):
                 self.on_misconfigured(result)
-        except Exception as error:  # noqa: BLE001  # e.g. the channel closed mid-settle
+        except Exception as error:  # e.g. the channel closed mid-settle
             log.warning(
                 "fanout.settle_failed",
                 message_id=message.message_id,

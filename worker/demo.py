@@ -16,7 +16,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -125,13 +125,17 @@ async def _seed(settings: Settings) -> None:
             ("shops", [{"_id": i, "name": n, "avatar": f"/img/{i}.png"} for i, n in SHOPS]),
             (
                 "users",
-                [{"_id": i, "name": n, "email": f"{i[5:]}@example.in", "role": "user"}
-                 for i, n in CUSTOMERS],
+                [
+                    {"_id": i, "name": n, "email": f"{i[5:]}@example.in", "role": "user"}
+                    for i, n in CUSTOMERS
+                ],
             ),
             (
                 "products",
-                [{"_id": i, "name": n, "shopId": s, "images": [f"/img/{i}.jpg"]}
-                 for i, n, s, _ in PRODUCTS],
+                [
+                    {"_id": i, "name": n, "shopId": s, "images": [f"/img/{i}.jpg"]}
+                    for i, n, s, _ in PRODUCTS
+                ],
             ),
         ):
             for doc in docs:
@@ -193,8 +197,12 @@ async def _watch(stack: Stack) -> PusherSubscriber:
 
 async def _print_received(watcher: PusherSubscriber) -> None:
     shown = 0
+
+    def more_than(count: int) -> Callable[[list[Received]], bool]:
+        return lambda received: len(received) > count
+
     while True:
-        await watcher.wait_for(lambda received: len(received) > shown, timeout_s=3600)
+        await watcher.wait_for(more_than(shown), timeout_s=3600)
         for received in watcher.events()[shown:]:
             print(_line(received), flush=True)
         shown = len(watcher.events())
@@ -202,8 +210,20 @@ async def _print_received(watcher: PusherSubscriber) -> None:
 
 def _line(received: Received) -> str:
     data = received.data if isinstance(received.data, dict) else {}
-    keys = ("orderId", "status", "shopTotal", "content", "productName", "currentStock",
-            "title", "name", "customerName", "senderName", "amount", "userId")
+    keys = (
+        "orderId",
+        "status",
+        "shopTotal",
+        "content",
+        "productName",
+        "currentStock",
+        "title",
+        "name",
+        "customerName",
+        "senderName",
+        "amount",
+        "userId",
+    )
     summary = " ".join(f"{k}={data[k]}" for k in keys if data.get(k) is not None)
     age_ms = time.time() * 1000 - data.get("timestamp", time.time() * 1000)
     return (
@@ -241,25 +261,50 @@ def _marketplace(rng: random.Random) -> Iterator[dict[str, Any]]:
             picks = rng.sample(PRODUCTS, rng.randint(1, 3))
             if step % 2 == 0 and not any(p[2] == WATCHED_SHOP for p in picks):
                 picks.append(PRODUCTS[0])
-            items = [{"productId": p[0], "shopId": p[2], "quantity": rng.randint(1, 3),
-                      "price": p[3]} for p in picks]
-            order = {"orderId": f"ord-{uuid.uuid4().hex[:10]}", "customerId": customer[0],
-                     "items": items, "status": 0}
+            items: list[dict[str, Any]] = [
+                {"productId": p[0], "shopId": p[2], "quantity": rng.randint(1, 3), "price": p[3]}
+                for p in picks
+            ]
+            order: dict[str, Any] = {
+                "orderId": f"ord-{uuid.uuid4().hex[:10]}",
+                "customerId": customer[0],
+                "items": items,
+                "status": 0,
+            }
             orders.append(order)
-            yield _env("order.created", {
-                "orderId": order["orderId"], "customerId": customer[0], "items": items,
-                "totalPrice": sum(i["price"] * i["quantity"] for i in items), "currency": "INR"})
-            yield _env("payment.received", {
-                "orderId": order["orderId"], "paymentId": f"pay-{uuid.uuid4().hex[:10]}",
-                "customerId": customer[0], "shopIds": sorted({i["shopId"] for i in items}),
-                "amount": sum(i["price"] * i["quantity"] for i in items), "currency": "INR",
-                "method": rng.choice(["upi", "card", "cod"])})
+            yield _env(
+                "order.created",
+                {
+                    "orderId": order["orderId"],
+                    "customerId": customer[0],
+                    "items": items,
+                    "totalPrice": sum(i["price"] * i["quantity"] for i in items),
+                    "currency": "INR",
+                },
+            )
+            yield _env(
+                "payment.received",
+                {
+                    "orderId": order["orderId"],
+                    "paymentId": f"pay-{uuid.uuid4().hex[:10]}",
+                    "customerId": customer[0],
+                    "shopIds": sorted({i["shopId"] for i in items}),
+                    "amount": sum(i["price"] * i["quantity"] for i in items),
+                    "currency": "INR",
+                    "method": rng.choice(["upi", "card", "cod"]),
+                },
+            )
             for item in items:
                 stock[item["productId"]] -= item["quantity"]
                 if stock[item["productId"]] <= 5:
-                    yield _env("product.stock_low", {
-                        "productId": item["productId"],
-                        "currentStock": max(stock[item["productId"]], 0), "threshold": 5})
+                    yield _env(
+                        "product.stock_low",
+                        {
+                            "productId": item["productId"],
+                            "currentStock": max(stock[item["productId"]], 0),
+                            "threshold": 5,
+                        },
+                    )
                     stock[item["productId"]] = 20
         elif roll < 0.6:
             order = rng.choice(orders)
@@ -269,39 +314,75 @@ def _marketplace(rng: random.Random) -> Iterator[dict[str, Any]]:
             previous = "placed" if order["status"] == 0 else STATUSES[order["status"] - 1]
             status = STATUSES[order["status"]]
             order["status"] += 1
-            yield _env("order.status_changed", {
-                "orderId": order["orderId"], "customerId": order["customerId"],
-                "shopId": order["items"][0]["shopId"], "status": status,
-                "previousStatus": previous, "message": f"Your order is {status.replace('_', ' ')}"})
+            yield _env(
+                "order.status_changed",
+                {
+                    "orderId": order["orderId"],
+                    "customerId": order["customerId"],
+                    "shopId": order["items"][0]["shopId"],
+                    "status": status,
+                    "previousStatus": previous,
+                    "message": f"Your order is {status.replace('_', ' ')}",
+                },
+            )
         elif roll < 0.9:
             shop = SHOPS[0] if step % 2 == 0 else rng.choice(SHOPS)
             conversation = f"conv-{customer[0]}-{shop[0]}"
             question, answer = rng.choice(CHATS)
-            yield _env("typing.started", {"conversationId": conversation, "userId": customer[0],
-                                          "userType": "user"})
-            yield _env("message.created", {
-                "messageId": f"msg-{uuid.uuid4().hex[:10]}", "conversationId": conversation,
-                "senderId": customer[0], "senderType": "user", "recipientId": shop[0],
-                "recipientType": "seller", "content": question})
-            yield _env("typing.stopped", {"conversationId": conversation, "userId": customer[0],
-                                          "userType": "user"})
-            yield _env("message.created", {
-                "messageId": f"msg-{uuid.uuid4().hex[:10]}", "conversationId": conversation,
-                "senderId": shop[0], "senderType": "seller", "recipientId": customer[0],
-                "recipientType": "user", "content": answer})
+            yield _env(
+                "typing.started",
+                {"conversationId": conversation, "userId": customer[0], "userType": "user"},
+            )
+            yield _env(
+                "message.created",
+                {
+                    "messageId": f"msg-{uuid.uuid4().hex[:10]}",
+                    "conversationId": conversation,
+                    "senderId": customer[0],
+                    "senderType": "user",
+                    "recipientId": shop[0],
+                    "recipientType": "seller",
+                    "content": question,
+                },
+            )
+            yield _env(
+                "typing.stopped",
+                {"conversationId": conversation, "userId": customer[0], "userType": "user"},
+            )
+            yield _env(
+                "message.created",
+                {
+                    "messageId": f"msg-{uuid.uuid4().hex[:10]}",
+                    "conversationId": conversation,
+                    "senderId": shop[0],
+                    "senderType": "seller",
+                    "recipientId": customer[0],
+                    "recipientType": "user",
+                    "content": answer,
+                },
+            )
         elif roll < 0.96:
             yield _env("user.registered", {"userId": rng.choice(CUSTOMERS)[0]})
         else:
-            yield _env("system.alert", {"severity": "info", "title": "Festive sale",
-                                        "message": "Diwali offers go live at midnight",
-                                        "audience": "public"})
+            yield _env(
+                "system.alert",
+                {
+                    "severity": "info",
+                    "title": "Festive sale",
+                    "message": "Diwali offers go live at midnight",
+                    "audience": "public",
+                },
+            )
 
 
 def _env(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": event_type, "data": data, "source": "demo",
-            "occurredAt": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    return {
+        "type": event_type,
+        "data": data,
+        "source": "demo",
+        "occurredAt": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
 
 
 def _say(line: str) -> None:
     print(line, file=sys.stdout, flush=True)
-

@@ -176,8 +176,10 @@ class ProcessedLog:
         """Create the retention index (idempotent)."""
 
         async def query() -> str:
-            return await self._collection.create_index(
-                "at", expireAfterSeconds=int(self._retention.total_seconds()), name="at_ttl"
+            return str(
+                await self._collection.create_index(
+                    "at", expireAfterSeconds=int(self._retention.total_seconds()), name="at_ttl"
+                )
             )
 
         await self._gateway.run("create index", query)
@@ -189,7 +191,8 @@ class ProcessedLog:
         filter_ = {"_id": {"$in": sorted(set(ids))}}
 
         async def query() -> list[Document]:
-            return await self._collection.find(filter_, {"_id": 1}).to_list(None)
+            docs: list[Document] = await self._collection.find(filter_, {"_id": 1}).to_list(None)
+            return docs
 
         return {str(doc["_id"]) for doc in await self._gateway.run("dedup check", query)}
 

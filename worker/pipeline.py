@@ -1,4 +1,4 @@
-"""Processing one message: parse -> (drop stale typing | skip duplicate) -> load -> decide -> deliver.
+"""Processing one message: parse -> drop stale | skip duplicate -> load -> decide -> deliver.
 
 Nothing here acks, rejects or publishes: the consumer's ``settle`` does that, driven by the
 ``Result`` returned or the ``FanoutError`` raised.
@@ -6,8 +6,10 @@ Nothing here acks, rejects or publishes: the consumer's ``settle`` does that, dr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from handlers import route
@@ -29,7 +31,33 @@ class ProcessedIds(Protocol):
 class Deliverer(Protocol):
     """Something that triggers deliveries on Soketi (``worker.soketi.SoketiClient``)."""
 
-    async def deliver(self, deliveries: Sequence[Delivery], socket_id: str | None = None) -> int: ...
+    async def deliver(
+        self, deliveries: Sequence[Delivery], socket_id: str | None = None
+    ) -> int: ...
+
+
+class InFlightIds:
+    """Serialises processing of one envelope id inside this process.
+
+    Two copies of an id (a redelivery racing the original, a backend publishing twice) may
+    sit in the same prefetch window; without this both could pass the duplicate check before
+    either is recorded.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Event] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, event_id: str) -> AsyncIterator[None]:
+        """Wait until no other task processes ``event_id``, then hold it for the block."""
+        while (other := self._running.get(event_id)) is not None:
+            await other.wait()
+        done = self._running[event_id] = asyncio.Event()
+        try:
+            yield
+        finally:
+            del self._running[event_id]
+            done.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +69,7 @@ class Deps:
     soketi: Deliverer
     clock: Callable[[], float]
     ephemeral_max_age_s: float = 10.0
+    in_flight: InFlightIds = field(default_factory=InFlightIds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +104,16 @@ async def process(body: bytes, deps: Deps) -> Result:
 
 
 async def _deliver_once(event: Event, deps: Deps) -> Result:
-    if await deps.processed.seen((event.id,)):
-        return Result(event, "duplicate")
-    handler = route(event)
-    deliveries = handler.decide(event, await handler.load(event, deps.store))
-    if deliveries:
-        await deps.soketi.deliver(deliveries, event.socket_id)
-    age_s = deps.clock() - event.timestamp_ms / 1000
-    await deps.processed.record((event.id,))
-    return Result(event, "delivered", len(deliveries), age_s)
+    async with deps.in_flight.hold(event.id):
+        if await deps.processed.seen((event.id,)):
+            return Result(event, "duplicate")
+        handler = route(event)
+        deliveries = handler.decide(event, await handler.load(event, deps.store))
+        if deliveries:
+            await deps.soketi.deliver(deliveries, event.socket_id)
+        age_s = deps.clock() - event.timestamp_ms / 1000
+        await deps.processed.record((event.id,))
+        return Result(event, "delivered", len(deliveries), age_s)
 
 
 async def _process_ephemeral(event: Event, deps: Deps) -> Result:

@@ -1,4 +1,4 @@
-"""Publishing one validated envelope, as the backend would: persistent, confirmed, ``message_id`` set."""
+"""Publishing one validated envelope as the backend would: persistent, confirmed, ids set."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def retrying(policy: RetryPolicy, *retry_on: type[BaseException]) -> AsyncRetryi
     return AsyncRetrying(
         stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.total_s),
         wait=wait_exponential_jitter(
-            initial=policy.initial_s, max=policy.max_wait_s, jitter=policy.initial_s
+            multiplier=policy.initial_s, max=policy.max_wait_s, jitter=policy.initial_s
         ),
         retry=retry_if_exception_type(retry_on),
         reraise=True,

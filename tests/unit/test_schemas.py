@@ -184,7 +184,7 @@ def item(**changes: Any) -> dict[str, Any]:
         with_data("payment.received", shopIds="s1"),
         with_data("message.created", senderType="admin"),
         with_data("message.created", kind="video"),
-        with_data("message.created", content="x" * 20_001),
+        with_data("message.created", content="x" * 200_001),
         with_data("message.created", content=5),
         with_data("order.status_changed", status=""),
         with_data("order.status_changed", status="s" * 51),
