@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -467,3 +470,31 @@ async def test_readiness_and_metrics_answer(fanout: Fanout) -> None:
         'bazaar_fanout_messages_total{event_type="user.registered",outcome="delivered",'
         'reason=""} 1.0' in text
     )
+
+
+async def test_cli_publish_reaches_a_subscriber(fanout: Fanout) -> None:
+    """`python -m worker publish --type --data` fills id and occurredAt; the event arrives."""
+    sub = await fanout.subscriber("private-admin")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "publish",
+        "--type",
+        "seller.registered",
+        "--data",
+        f'{{"shopId": "{SHOP_A}"}}',
+        env={
+            **os.environ,
+            "RABBITMQ_URL": fanout.settings.rabbitmq_url.get_secret_value(),
+            "EVENTS_EXCHANGE": fanout.settings.events_exchange,
+        },
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    await sub.wait_for(lambda got: len(got) >= 1, 15)
+    [received] = sub.events()
+    assert received.event == "new-seller"
+    assert received.data["name"] == "Chai Point"
+    assert out.decode().startswith(f"published seller.registered id={received.data['eventId']}")
