@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -13,13 +13,15 @@ import aiohttp
 import structlog
 
 from worker import broker, http, mongo
+from worker.circuit import Circuit, Circuits
 from worker.config import Settings
 from worker.consumer import Consumer, SettlePaths
-from worker.errors import FanoutError, Misconfigured
+from worker.errors import FanoutError
 from worker.metrics import Metrics
 from worker.pipeline import Deps
 from worker.retry import RetryPolicy
 from worker.soketi import Credentials, Limits, SoketiClient
+from worker.subscription import Subscription
 
 log = structlog.get_logger("fanout")
 
@@ -81,16 +83,25 @@ async def run(
         except FanoutError as error:
             log.warning("fanout.index_setup_failed", error=str(error))
 
+        url = settings.rabbitmq_url.get_secret_value()
         connection = await aio_pika.connect_robust(
-            settings.rabbitmq_url.get_secret_value(),
-            client_properties={"connection_name": "bazaar-fanout consumer"},
+            url, client_properties={"connection_name": "bazaar-fanout consumer"}
         )
         stack.push_async_callback(connection.close)
+        connection.reconnect_callbacks.add(
+            lambda *_: metrics.reconnects.labels(kind="connection").inc()
+        )
+        # Republishing (retry tiers, dead letters) has its own connection, so a consumer
+        # channel in trouble never blocks the confirms that let us ack.
+        publishing = await aio_pika.connect_robust(
+            url, client_properties={"connection_name": "bazaar-fanout publisher"}
+        )
+        stack.push_async_callback(publishing.close)
         channel = await connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=settings.prefetch_count)
         topology = topology_of(settings)
         declared = await broker.declare(channel, topology)
-        publisher = await connection.channel(publisher_confirms=True)
+        publisher = await publishing.channel(publisher_confirms=True)
         paths = SettlePaths(
             dead=await publisher.get_exchange(topology.dead_exchange, ensure=False),
             retries=tuple(
@@ -102,12 +113,22 @@ async def run(
             max_retry_age_s=settings.retry_max_age_s,
         )
 
-        consuming = asyncio.Event()
+        subscription: Subscription | None = None
 
-        def misconfigured(error: Misconfigured) -> None:
-            log.critical("fanout.misconfigured", error=str(error), action="stopped consuming")
-            stop.set()
+        def circuit_changed(circuit: Circuit) -> None:
+            metrics.circuit_open.labels(downstream=circuit.name).set(
+                1 if circuit.state == "open" else 0
+            )
+            if subscription is not None:
+                subscription.poke()
 
+        circuits = Circuits(
+            soketi=Circuit("soketi", soketi.probe, on_change=circuit_changed),
+            mongodb=Circuit("mongodb", gateway.probe, on_change=circuit_changed),
+        )
+        stack.push_async_callback(circuits.close)
+        for circuit in circuits.all:
+            circuit_changed(circuit)
         consumer = Consumer(
             deps=Deps(
                 store=mongo.MongoStore(gateway),
@@ -118,33 +139,43 @@ async def run(
             ),
             paths=paths,
             metrics=metrics,
-            on_misconfigured=misconfigured,
+            circuits=circuits,
+        )
+        subscription = Subscription(
+            channel,
+            declared.queue,
+            consumer.handle,
+            metrics,
+            wanted=lambda: circuits.all_closed() and not stop.is_set(),
         )
 
         async def check_consuming() -> str | None:
-            return None if consuming.is_set() else "not consuming"
+            return None if await subscription.consuming() else "not consuming"
 
-        async def check_soketi() -> str | None:
-            await soketi.ping()
-            return None
+        def downstream_check(circuit: Circuit, ping: Callable[[], Awaitable[None]]) -> http.Check:
+            async def check() -> str | None:
+                if circuit.state == "open":
+                    return f"circuit open: {circuit.reason}"
+                await ping()
+                return None
 
-        async def check_mongodb() -> str | None:
-            await gateway.ping()
-            return None
+            return check
 
         server = await http.start(
             http.build_app(
                 metrics,
-                {"consumer": check_consuming, "soketi": check_soketi, "mongodb": check_mongodb},
+                {
+                    "consumer": check_consuming,
+                    "soketi": downstream_check(circuits.soketi, soketi.probe),
+                    "mongodb": downstream_check(circuits.mongodb, gateway.probe),
+                },
             ),
             settings.http_host,
             settings.http_port,
         )
         stack.push_async_callback(server.close)
 
-        tag = await declared.queue.consume(consumer.handle)
-        consuming.set()
-        metrics.consumer_up.set(1)
+        await subscription.start()
         log.info(
             "fanout.started",
             queue=topology.queue,
@@ -158,8 +189,8 @@ async def run(
 
         await stop.wait()
         log.info("fanout.stopping", in_flight=consumer.in_flight)
-        consuming.clear()
-        metrics.consumer_up.set(0)
-        await declared.queue.cancel(tag)
+        await subscription.stop()
+        consumer.stop()
         drained = await consumer.drained(settings.drain_timeout_s)
-        log.info("fanout.stopped", drained=drained, returned_to_queue=consumer.in_flight)
+        abandoned = await consumer.abandon()
+        log.info("fanout.stopped", drained=drained, returned_to_queue=abandoned)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
 from schemas import EVENT_TYPES
 from worker import broker
+from worker.circuit import Circuits
 from worker.errors import FanoutError, InvalidMessage, Misconfigured, PermanentError, TransientError
 from worker.metrics import Metrics
 from worker.pipeline import Deps, Result, process
@@ -28,6 +29,12 @@ class Settled:
     reason: str = ""
     event_type: str = "invalid"
     event_id: str | None = None
+
+
+class Interrupted(FanoutError):
+    """The worker is stopping while it held this message for an open circuit."""
+
+    reason = "shutdown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +61,8 @@ async def settle(
         return Settled(result.outcome, result.detail, result.event.type, result.event.id)
     error_type, error_id = _identity(result)
     attempts = broker.attempts_of(message) + 1
-    if isinstance(result, Misconfigured):
+    if isinstance(result, Misconfigured | Interrupted):
+        # Not the message's fault: back to the queue untouched, for this or another worker.
         await message.nack(requeue=True)
         return Settled("requeued", result.reason, error_type, error_id)
     if isinstance(result, TransientError):
@@ -90,17 +98,27 @@ def _identity(error: BaseException) -> tuple[str, str | None]:
 
 @dataclass
 class Consumer:
-    """The consume callback: process, settle, count and log each message; tracks in-flight work."""
+    """The consume callback: process, settle, count and log each message; tracks in-flight work.
+
+    While a failure's circuit is open the message is held, not retried through the broker:
+    it is processed again once the downstream is back, or returned to the queue on shutdown.
+    """
 
     deps: Deps
     paths: SettlePaths
     metrics: Metrics
-    on_misconfigured: Callable[[Misconfigured], None] = lambda error: None
+    circuits: Circuits
     _in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._idle.set()
+
+    def stop(self) -> None:
+        """Release held messages back to the queue instead of waiting for circuits to close."""
+        self._stopping.set()
 
     @property
     def in_flight(self) -> int:
@@ -111,16 +129,13 @@ class Consumer:
         """Process and settle one message; never raises (an unsettled message is redelivered)."""
         started = time.perf_counter()
         self._enter()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
-            result: Result | BaseException
-            try:
-                result = await process(message.body, self.deps)
-            except Exception as error:  # settle decides by the error's class
-                result = error
+            result = await self._attempt(message)
             settled = await settle(message, result, self.paths)
             self._observe(message, result, settled, time.perf_counter() - started)
-            if isinstance(result, Misconfigured):
-                self.on_misconfigured(result)
         except Exception as error:  # e.g. the channel closed mid-settle
             log.warning(
                 "fanout.settle_failed",
@@ -128,7 +143,50 @@ class Consumer:
                 error=f"{type(error).__name__}: {error}",
             )
         finally:
+            if task is not None:
+                self._tasks.discard(task)
             self._leave()
+
+    async def abandon(self) -> int:
+        """Cancel work still running after the drain budget; its messages return to the queue."""
+        running = [task for task in self._tasks if not task.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        return len(running)
+
+    async def _attempt(self, message: AbstractIncomingMessage) -> Result | BaseException:
+        """Process the message; hold it while the circuit its failure belongs to is open."""
+        while True:
+            if not await self._gate():
+                return Interrupted("worker stopping while a downstream was unavailable")
+            try:
+                result = await process(message.body, self.deps)
+            except Exception as error:  # settle decides by the error's class
+                circuit = self.circuits.owner(error)
+                if circuit is None or not isinstance(error, FanoutError):
+                    return error
+                circuit.record_failure(error)
+                if circuit.state == "open" and not self._stopping.is_set():
+                    continue
+                return error
+            self.circuits.mongodb.record_success()
+            if result.outcome == "delivered" and result.deliveries:
+                self.circuits.soketi.record_success()
+            return result
+
+    async def _gate(self) -> bool:
+        """Wait until every circuit is closed (True) or the worker stops (False)."""
+        if self.circuits.all_closed():
+            return True
+        closed = asyncio.ensure_future(self.circuits.wait_all_closed())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            stopping.cancel()
+        return self.circuits.all_closed() and not self._stopping.is_set()
 
     async def drained(self, timeout_s: float) -> bool:
         """Wait until no message is in flight, at most ``timeout_s``; say whether it happened."""

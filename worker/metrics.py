@@ -26,6 +26,8 @@ class Metrics:
     in_flight: Gauge
     consumer_up: Gauge
     retries_scheduled: Counter
+    circuit_open: Gauge
+    reconnects: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -91,6 +93,18 @@ class Metrics:
                 f"{PREFIX}_retries_scheduled",
                 "Messages sent to a delayed-retry tier, by tier.",
                 ("tier",),
+                registry=reg,
+            ),
+            circuit_open=Gauge(
+                f"{PREFIX}_circuit_open",
+                "1 while the circuit breaker of a downstream (soketi, mongodb) is open.",
+                ("downstream",),
+                registry=reg,
+            ),
+            reconnects=Counter(
+                f"{PREFIX}_reconnects",
+                "Broker connection recoveries and consumers re-registered after a loss.",
+                ("kind",),
                 registry=reg,
             ),
         )

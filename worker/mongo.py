@@ -97,12 +97,19 @@ class MongoGateway:
         return {str(doc["_id"]): doc for doc in docs}
 
     async def ping(self) -> None:
-        """Prove the database answers."""
+        """Prove the database answers (with retries)."""
 
         async def query() -> object:
             return await self.db.command("ping")
 
         await self.run("ping", query)
+
+    async def probe(self) -> None:
+        """One ping, no retries: the circuit breaker does its own backoff."""
+        try:
+            await self.db.command("ping")
+        except PyMongoError as error:
+            raise StoreUnavailable(f"MongoDB ping failed: {type(error).__name__}") from error
 
 
 class MongoStore:

@@ -202,6 +202,10 @@ class SoketiClient:
         """Make one signed read-only call (the channels list) to prove Soketi accepts us."""
         await self.call("GET", f"/apps/{self._creds.app_id}/channels", b"")
 
+    async def probe(self) -> None:
+        """Like ``ping`` but a single attempt: the circuit breaker does its own backoff."""
+        await self._send_once("GET", f"/apps/{self._creds.app_id}/channels", b"")
+
     async def call(self, method: str, path: str, body: bytes) -> Any:
         """Send one signed call with short jittered retries on transient failures."""
         async for attempt in retrying(self._retry, SoketiUnavailable):
