@@ -90,6 +90,10 @@ class Fanout:
             await sub.subscribe(channel, None if channel == "public" else authorize)
         return sub
 
+    def sample(self, name: str, **labels: str) -> float:
+        """The current value of metric sample ``name`` (0 when absent)."""
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
     def settled(self, outcome: str, reason: str | None = None) -> float:
         """How many messages the worker settled with ``outcome`` (and ``reason``), from metrics."""
         total = 0.0
@@ -145,20 +149,26 @@ async def running_worker(
     exchange: str,
     queue: str,
     db: str,
+    retry: RetryPolicy | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Fanout]:
-    """Start ``worker.app.run`` in this event loop with test names; stop and drain afterwards."""
+    """Start ``worker.app.run`` in this event loop with test names; stop and drain afterwards.
+
+    ``worker_rabbitmq_url``, ``worker_mongo_url`` and ``soketi_port`` point the worker (only)
+    elsewhere, e.g. through a ``TcpProxy``; the test's own connections stay direct.
+    Other keyword arguments are ``Settings`` fields.
+    """
     settings = Settings(
-        rabbitmq_url=rabbitmq_url,
-        mongodb_url=mongo_url,
+        rabbitmq_url=overrides.pop("worker_rabbitmq_url", rabbitmq_url),
+        mongodb_url=overrides.pop("worker_mongo_url", mongo_url),
         mongodb_db=db,
         events_exchange=exchange,
         worker_queue=queue,
         soketi_app_id=soketi.app_id,
         soketi_app_key=soketi.key,
-        soketi_app_secret=soketi.secret,
+        soketi_app_secret=overrides.pop("soketi_app_secret", soketi.secret),
         soketi_host=soketi.host,
-        soketi_port=soketi.port,
+        soketi_port=overrides.pop("soketi_port", soketi.port),
         http_host="127.0.0.1",
         http_port=0,
         retry_delays_s=overrides.pop("retry_delays_s", (1, 2)),
@@ -166,13 +176,14 @@ async def running_worker(
     )
     metrics = Metrics.create()
     stop = asyncio.Event()
+    overrides_retry = retry or RetryPolicy.instant()
     started: asyncio.Future[app.Started] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
         app.run(
             settings,
             stop=stop,
             metrics=metrics,
-            retry=RetryPolicy.instant(),
+            retry=overrides_retry,
             on_started=started.set_result,
         )
     )
