@@ -18,6 +18,7 @@ from worker.config import Settings
 from worker.consumer import Consumer, SettlePaths
 from worker.errors import FanoutError
 from worker.metrics import Metrics
+from worker.monitor import Heartbeat, sample_queues
 from worker.pipeline import Deps
 from worker.retry import RetryPolicy
 from worker.soketi import Credentials, Limits, SoketiClient
@@ -31,6 +32,12 @@ class Started:
     """What a running worker exposes to its caller (tests, the demo): its bound HTTP port."""
 
     http_port: int
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def topology_of(settings: Settings) -> broker.Topology:
@@ -71,6 +78,7 @@ async def run(
             retry=retry,
             timeout_s=settings.soketi_timeout_s,
             on_response=metrics.soketi_response,
+            on_request=metrics.triggers_per_request.observe,
         )
         client = mongo.connect(
             settings.mongodb_url.get_secret_value(), timeout_s=settings.mongodb_timeout_s
@@ -161,6 +169,28 @@ async def run(
 
             return check
 
+        heartbeat = Heartbeat(metrics)
+
+        def alive() -> str | None:
+            silence_s = heartbeat.silence_s
+            if silence_s > settings.loop_blocked_limit_s:
+                return f"event loop blocked for {silence_s:.1f}s"
+            return None
+
+        background = [
+            asyncio.create_task(heartbeat.run(), name="heartbeat"),
+            asyncio.create_task(
+                sample_queues(
+                    await publishing.channel(),
+                    topology,
+                    metrics,
+                    settings.queue_sample_interval_s,
+                ),
+                name="queue-sampler",
+            ),
+        ]
+        stack.push_async_callback(_cancel_all, background)
+
         server = await http.start(
             http.build_app(
                 metrics,
@@ -169,6 +199,7 @@ async def run(
                     "soketi": downstream_check(circuits.soketi, soketi.probe),
                     "mongodb": downstream_check(circuits.mongodb, gateway.probe),
                 },
+                alive=alive,
             ),
             settings.http_host,
             settings.http_port,

@@ -85,6 +85,8 @@ class Settings(BrokerSettings):
     processed_retention_h: float = Field(default=72.0, gt=0)
     ephemeral_max_age_s: float = Field(default=10.0, gt=0)
     drain_timeout_s: float = Field(default=20.0, gt=0)
+    loop_blocked_limit_s: float = Field(default=5.0, gt=0)
+    queue_sample_interval_s: float = Field(default=10.0, gt=0)
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
 

@@ -28,11 +28,22 @@ class HttpServer:
 
 
 def build_app(
-    metrics: Metrics, checks: Mapping[str, Check], *, check_timeout_s: float = 2.0
+    metrics: Metrics,
+    checks: Mapping[str, Check],
+    *,
+    alive: Callable[[], str | None] = lambda: None,
+    check_timeout_s: float = 2.0,
 ) -> web.Application:
-    """The aiohttp application serving ``/healthz``, ``/readyz`` and ``/metrics``."""
+    """The aiohttp application serving ``/healthz``, ``/readyz`` and ``/metrics``.
+
+    ``alive`` answers ``None`` while the process is healthy (its event loop not blocked),
+    else one line saying why; ``/healthz`` then answers 503.
+    """
 
     async def healthz(_: web.Request) -> web.Response:
+        problem = alive()
+        if problem is not None:
+            return web.json_response({"status": "unhealthy", "problem": problem}, status=503)
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:

@@ -28,6 +28,8 @@ class Metrics:
     retries_scheduled: Counter
     circuit_open: Gauge
     reconnects: Counter
+    queue_messages: Gauge
+    loop_lag_seconds: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -105,6 +107,17 @@ class Metrics:
                 f"{PREFIX}_reconnects",
                 "Broker connection recoveries and consumers re-registered after a loss.",
                 ("kind",),
+                registry=reg,
+            ),
+            queue_messages=Gauge(
+                f"{PREFIX}_queue_messages",
+                "Messages ready in the worker's queues, sampled: main, dlq, retry_<tier>.",
+                ("queue",),
+                registry=reg,
+            ),
+            loop_lag_seconds=Gauge(
+                f"{PREFIX}_event_loop_lag_seconds",
+                "How late the event loop's heartbeat last ran (a blocked loop shows here).",
                 registry=reg,
             ),
         )

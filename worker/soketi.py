@@ -93,10 +93,19 @@ def encode_payload(payload: Mapping[str, Any], limits: Limits) -> str:
     return data.decode()
 
 
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One API call: endpoint (``events`` or ``batch_events``), body, and Pusher events carried."""
+
+    endpoint: str
+    body: bytes
+    triggers: int
+
+
 def plan_requests(
     deliveries: Sequence[Delivery], socket_id: str | None, limits: Limits
-) -> list[tuple[str, bytes]]:
-    """Turn one event's deliveries into API calls: ``(endpoint, body)`` pairs.
+) -> list[Planned]:
+    """Turn one event's deliveries into API calls.
 
     Deliveries that share an event name and payload become one ``events`` call per 100
     channels; the rest go out as ``batch_events`` calls of at most ``max_batch`` entries.
@@ -108,7 +117,7 @@ def plan_requests(
         if delivery.channel not in channels:
             channels.append(delivery.channel)
     extra = {"socket_id": socket_id} if socket_id else {}
-    requests: list[tuple[str, bytes]] = []
+    requests: list[Planned] = []
     singles: list[dict[str, Any]] = []
     for (event, data), channels in groups.items():
         if len(channels) == 1:
@@ -116,14 +125,14 @@ def plan_requests(
             continue
         for chunk in _chunks(channels, limits.max_channels):
             body = {"name": event, "channels": chunk, "data": data, **extra}
-            requests.append(("events", orjson.dumps(body)))
+            requests.append(Planned("events", orjson.dumps(body), len(chunk)))
     if len(singles) == 1:
         only = singles[0]
         body = {"name": only["name"], "channels": [only["channel"]], "data": only["data"], **extra}
-        requests.append(("events", orjson.dumps(body)))
+        requests.append(Planned("events", orjson.dumps(body), 1))
     else:
         for batch in _chunks(singles, limits.max_batch):
-            requests.append(("batch_events", orjson.dumps({"batch": batch})))
+            requests.append(Planned("batch_events", orjson.dumps({"batch": batch}), len(batch)))
     return requests
 
 
@@ -176,6 +185,7 @@ class SoketiClient:
         timeout_s: float,
         clock: Callable[[], float] = time.time,
         on_response: Callable[[int, float], None] | None = None,
+        on_request: Callable[[int], None] | None = None,
     ) -> None:
         self._creds = creds
         self._base_url = base_url.rstrip("/")
@@ -185,6 +195,7 @@ class SoketiClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock = clock
         self._on_response = on_response
+        self._on_request = on_request
 
     @property
     def limits(self) -> Limits:
@@ -194,8 +205,10 @@ class SoketiClient:
     async def deliver(self, deliveries: Sequence[Delivery], socket_id: str | None = None) -> int:
         """Trigger every delivery of one event; return how many API calls it took."""
         requests = plan_requests(deliveries, socket_id, self._limits)
-        for endpoint, body in requests:
-            await self.call("POST", f"/apps/{self._creds.app_id}/{endpoint}", body)
+        for planned in requests:
+            await self.call("POST", f"/apps/{self._creds.app_id}/{planned.endpoint}", planned.body)
+            if self._on_request is not None:
+                self._on_request(planned.triggers)
         return len(requests)
 
     async def ping(self) -> None:

@@ -55,9 +55,10 @@ def test_same_payload_to_many_channels_is_one_events_call() -> None:
     """Identical event and payload on four channels become one /events call with four channels."""
     payload = {"orderId": "o1", "eventId": "e1"}
     deliveries = _deliveries(*[(f"private-user-{i}", "order-update", payload) for i in range(4)])
-    [(endpoint, body)] = plan_requests(deliveries, "1.2", Limits())
-    decoded = orjson.loads(body)
-    assert endpoint == "events"
+    [planned] = plan_requests(deliveries, "1.2", Limits())
+    decoded = orjson.loads(planned.body)
+    assert planned.endpoint == "events"
+    assert planned.triggers == 4
     assert decoded["channels"] == [f"private-user-{i}" for i in range(4)]
     assert decoded["socket_id"] == "1.2"
     assert orjson.loads(decoded["data"]) == payload
@@ -67,16 +68,17 @@ def test_channel_lists_are_chunked_at_100() -> None:
     """250 channels with one payload need three /events calls of 100, 100 and 50 channels."""
     deliveries = _deliveries(*[(f"c-{i}", "e", {"a": 1}) for i in range(250)])
     plan = plan_requests(deliveries, None, Limits())
-    assert [len(orjson.loads(body)["channels"]) for _, body in plan] == [100, 100, 50]
-    assert all("socket_id" not in orjson.loads(body) for _, body in plan)
+    assert [len(orjson.loads(p.body)["channels"]) for p in plan] == [100, 100, 50]
+    assert [p.triggers for p in plan] == [100, 100, 50]
+    assert all("socket_id" not in orjson.loads(p.body) for p in plan)
 
 
 def test_different_payloads_go_out_as_batches_of_ten() -> None:
     """23 distinct payloads become batch_events calls of 10, 10 and 3 entries."""
     deliveries = _deliveries(*[(f"private-seller-s{i}", "new-order", {"n": i}) for i in range(23)])
     plan = plan_requests(deliveries, "9.9", Limits())
-    assert [endpoint for endpoint, _ in plan] == ["batch_events"] * 3
-    batches = [orjson.loads(body)["batch"] for _, body in plan]
+    assert [p.endpoint for p in plan] == ["batch_events"] * 3
+    batches = [orjson.loads(p.body)["batch"] for p in plan]
     assert [len(b) for b in batches] == [10, 10, 3]
     assert all(entry["socket_id"] == "9.9" for b in batches for entry in b)
 
@@ -85,7 +87,7 @@ def test_size_is_measured_in_utf8_bytes() -> None:
     """A Hindi payload under the byte limit passes; one byte over the limit is refused."""
     hindi = "नमस्ते दुनिया " * 300  # ~ 11 KB of UTF-8, far above sys.getsizeof-style limits
     plan = plan_requests(_deliveries(("c", "new-message", {"content": hindi})), None, Limits())
-    assert orjson.loads(orjson.loads(plan[0][1])["data"])["content"] == hindi
+    assert orjson.loads(orjson.loads(plan[0].body)["data"])["content"] == hindi
     size = len(orjson.dumps({"content": hindi}))
     with pytest.raises(PayloadTooLarge):
         plan_requests(

@@ -1,0 +1,60 @@
+"""Background samplers: the event loop's heartbeat and the depth of the worker's queues."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from aio_pika.abc import AbstractChannel
+
+from worker.broker import Topology, tier_label
+from worker.metrics import Metrics
+
+log = structlog.get_logger("fanout")
+
+
+class Heartbeat:
+    """Ticks on the event loop; a stale tick means the loop was blocked."""
+
+    def __init__(self, metrics: Metrics, interval_s: float = 0.5) -> None:
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._last = time.monotonic()
+
+    @property
+    def silence_s(self) -> float:
+        """Seconds since the last tick."""
+        return time.monotonic() - self._last
+
+    async def run(self) -> None:
+        """Tick forever, recording how late each tick was."""
+        while True:
+            expected = time.monotonic() + self._interval_s
+            await asyncio.sleep(self._interval_s)
+            now = time.monotonic()
+            self._metrics.loop_lag_seconds.set(max(now - expected, 0.0))
+            self._last = now
+
+
+def queue_labels(topology: Topology) -> dict[str, str]:
+    """Queue name -> metric label, a closed set derived from the configuration."""
+    labels = {topology.queue: "main", topology.dlq: "dlq"}
+    for index, delay_s in enumerate(topology.retry_delays_s):
+        labels[topology.tier(index)] = f"retry_{tier_label(delay_s)}"
+    return labels
+
+
+async def sample_queues(
+    channel: AbstractChannel, topology: Topology, metrics: Metrics, interval_s: float = 10.0
+) -> None:
+    """Every ``interval_s``, read the ready-message count of each queue (passive declare)."""
+    labels = queue_labels(topology)
+    while True:
+        for name, label in labels.items():
+            with contextlib.suppress(Exception):
+                declared = await channel.declare_queue(name, passive=True)
+                count = declared.declaration_result.message_count
+                metrics.queue_messages.labels(queue=label).set(count or 0)
+        await asyncio.sleep(interval_s)
