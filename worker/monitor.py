@@ -54,7 +54,8 @@ async def sample_queues(
     while True:
         for name, label in labels.items():
             with contextlib.suppress(Exception):
-                declared = await channel.declare_queue(name, passive=True)
-                count = declared.declaration_result.message_count
-                metrics.queue_messages.labels(queue=label).set(count or 0)
+                # The raw channel: aio-pika's declare_queue(passive=True) returns a stale count.
+                underlay = await asyncio.wait_for(channel.get_underlay_channel(), 5)
+                declared = await underlay.queue_declare(name, passive=True, timeout=5)
+                metrics.queue_messages.labels(queue=label).set(declared.message_count or 0)
         await asyncio.sleep(interval_s)
