@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiohttp
+from pymongo.uri_parser import parse_uri
 
 from worker import mongo
 from worker.config import Settings
@@ -41,14 +43,34 @@ def _describe(error: BaseException) -> str:
 
 
 async def _rabbitmq(settings: Settings) -> None:
-    connection = await aio_pika.connect(settings.rabbitmq_url.get_secret_value(), timeout=5)
+    url = settings.rabbitmq_url.get_secret_value()
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or 5672}"
+    try:
+        connection = await aio_pika.connect(url, timeout=5)
+    except ConnectionError as error:
+        raise FanoutError(f"cannot connect to {where}: {_os_reason(error)}") from error
+    except aio_pika.exceptions.ProbableAuthenticationError as error:
+        raise FanoutError(f"{where} refused the credentials in RABBITMQ_URL") from error
     await connection.close()
 
 
+def _os_reason(error: BaseException) -> str:
+    for candidate in (error, *error.args):
+        if isinstance(candidate, OSError) and candidate.strerror:
+            return candidate.strerror.lower()
+    text = str(error)
+    return "connection refused" if "111" in text or "refused" in text.lower() else text[:120]
+
+
 async def _mongodb(settings: Settings, timeout_s: float) -> None:
-    client = mongo.connect(settings.mongodb_url.get_secret_value(), timeout_s=timeout_s)
+    url = settings.mongodb_url.get_secret_value()
+    nodes = ",".join(f"{host}:{port}" for host, port in parse_uri(url)["nodelist"])
+    client = mongo.connect(url, timeout_s=timeout_s)
     try:
-        await mongo.MongoGateway(client[settings.mongodb_db], _ONCE).ping()
+        await mongo.MongoGateway(client[settings.mongodb_db], _ONCE).probe()
+    except FanoutError as error:
+        raise FanoutError(f"no MongoDB server answered at {nodes} within {timeout_s:g}s") from error
     finally:
         await client.close()
 

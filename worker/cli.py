@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -277,6 +278,9 @@ def _check(_: argparse.Namespace) -> int:
     from worker import check
 
     settings = config.load_settings(config.Settings)
+    logs.configure("console", "error")
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)  # we print our own one-line verdict
+    logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
     results = asyncio.run(check.run_checks(settings))
     for name, problem in results:
         print(f"{name:<9} {'ok' if problem is None else 'FAIL: ' + problem}")

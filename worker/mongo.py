@@ -109,7 +109,7 @@ class MongoGateway:
         try:
             await self.db.command("ping")
         except PyMongoError as error:
-            raise StoreUnavailable(f"MongoDB ping failed: {type(error).__name__}") from error
+            raise StoreUnavailable(f"MongoDB unreachable: {type(error).__name__}") from error
 
 
 class MongoStore:

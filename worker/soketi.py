@@ -239,6 +239,9 @@ class SoketiClient:
                 status = response.status
         except TimeoutError as error:
             raise SoketiUnavailable(f"Soketi timed out after {self._timeout.total}s") from error
+        except aiohttp.ClientConnectorError as error:
+            reason = (error.strerror or "cannot connect").lower()
+            raise SoketiUnavailable(f"Soketi unreachable at {self._base_url}: {reason}") from error
         except aiohttp.ClientError as error:
             raise SoketiUnavailable(f"Soketi unreachable: {type(error).__name__}") from error
         if self._on_response is not None:
