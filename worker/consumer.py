@@ -126,12 +126,21 @@ class Consumer:
         return self._in_flight
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        """Process and settle one message; never raises (an unsettled message is redelivered)."""
+        """Process and settle one message; never raises (an unsettled message is redelivered).
+
+        The work runs in a task of our own, shielded from the caller: aiormq cancels its
+        consumer callbacks when the channel closes (a broker connection loss), and a cancel
+        between Soketi accepting a trigger and the id being recorded would push the
+        redelivered copy a second time. Only ``abandon`` (shutdown) cancels the work.
+        """
+        work = asyncio.create_task(self._handle(message), name=f"handle-{message.message_id}")
+        self._tasks.add(work)
+        work.add_done_callback(self._tasks.discard)
+        await asyncio.shield(work)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
         self._enter()
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
         try:
             result = await self._attempt(message)
             settled = await settle(message, result, self.paths)
@@ -143,8 +152,6 @@ class Consumer:
                 error=f"{type(error).__name__}: {error}",
             )
         finally:
-            if task is not None:
-                self._tasks.discard(task)
             self._leave()
 
     async def abandon(self) -> int:
@@ -157,9 +164,13 @@ class Consumer:
 
     async def _attempt(self, message: AbstractIncomingMessage) -> Result | BaseException:
         """Process the message; hold it while the circuit its failure belongs to is open."""
+        held: FanoutError | None = None
         while True:
             if not await self._gate():
-                return Interrupted("worker stopping while a downstream was unavailable")
+                interrupted = Interrupted("worker stopping while a downstream was unavailable")
+                if held is not None:  # it parsed: count the requeue under its type, not "invalid"
+                    interrupted.event_type, interrupted.event_id = held.event_type, held.event_id
+                return interrupted
             try:
                 result = await process(message.body, self.deps)
             except Exception as error:  # settle decides by the error's class
@@ -168,6 +179,7 @@ class Consumer:
                     return error
                 circuit.record_failure(error)
                 if circuit.state == "open" and not self._stopping.is_set():
+                    held = error
                     continue
                 return error
             self.circuits.mongodb.record_success()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -60,6 +61,34 @@ class InFlightIds:
             done.set()
 
 
+class Unrecorded:
+    """Ids Soketi accepted whose record in the processed log failed (MongoDB unreachable).
+
+    A later attempt of the same event in this process (held for an open circuit, or back
+    from a retry tier) records the id instead of pushing it again. Bounded, oldest first
+    out: a forgotten id may repeat once, as after a crash between push and record.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._pushed: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._limit = limit
+
+    def add(self, event_id: str, deliveries: int, age_s: float) -> None:
+        """Remember that ``event_id`` was pushed (``deliveries``, at ``age_s``) but not recorded."""
+        self._pushed[event_id] = (deliveries, age_s)
+        self._pushed.move_to_end(event_id)
+        while len(self._pushed) > self._limit:
+            self._pushed.popitem(last=False)
+
+    def get(self, event_id: str) -> tuple[int, float] | None:
+        """What was pushed for ``event_id`` and not yet recorded, if anything."""
+        return self._pushed.get(event_id)
+
+    def discard(self, event_id: str) -> None:
+        """``event_id`` is recorded now."""
+        self._pushed.pop(event_id, None)
+
+
 @dataclass(frozen=True, slots=True)
 class Deps:
     """The collaborators processing needs, typed by protocol."""
@@ -70,6 +99,7 @@ class Deps:
     clock: Callable[[], float]
     ephemeral_max_age_s: float = 10.0
     in_flight: InFlightIds = field(default_factory=InFlightIds)
+    unrecorded: Unrecorded = field(default_factory=Unrecorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +135,23 @@ async def process(body: bytes, deps: Deps) -> Result:
 
 async def _deliver_once(event: Event, deps: Deps) -> Result:
     async with deps.in_flight.hold(event.id):
-        if await deps.processed.seen((event.id,)):
-            return Result(event, "duplicate")
-        handler = route(event)
-        deliveries = handler.decide(event, await handler.load(event, deps.store))
-        if deliveries:
-            await deps.soketi.deliver(deliveries, event.socket_id)
-        age_s = deps.clock() - event.timestamp_ms / 1000
-        await deps.processed.record((event.id,))
-        return Result(event, "delivered", len(deliveries), age_s)
+        pushed = deps.unrecorded.get(event.id)
+        if pushed is None:
+            if await deps.processed.seen((event.id,)):
+                return Result(event, "duplicate")
+            handler = route(event)
+            deliveries = handler.decide(event, await handler.load(event, deps.store))
+            if deliveries:
+                await deps.soketi.deliver(deliveries, event.socket_id)
+            pushed = (len(deliveries), deps.clock() - event.timestamp_ms / 1000)
+        try:
+            await deps.processed.record((event.id,))
+        except BaseException:
+            # Soketi has it: whatever retries this event must only record it, not push again.
+            deps.unrecorded.add(event.id, *pushed)
+            raise
+        deps.unrecorded.discard(event.id)
+        return Result(event, "delivered", *pushed)
 
 
 async def _process_ephemeral(event: Event, deps: Deps) -> Result:

@@ -1,0 +1,86 @@
+"""The pipeline seam: an event Soketi accepted but MongoDB failed to record is not pushed twice."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from handlers.model import Account, Delivery, Product
+from worker.errors import StoreUnavailable
+from worker.pipeline import Deps, Unrecorded, process
+
+
+class Store:
+    """Every user exists and is called Asha."""
+
+    async def users(self, ids: Collection[str]) -> Mapping[str, Account]:
+        return {i: Account(i, "Asha") for i in ids}
+
+    async def shops(self, ids: Collection[str]) -> Mapping[str, Account]:
+        return {}
+
+    async def products(self, ids: Collection[str]) -> Mapping[str, Product]:
+        return {}
+
+
+class Processed:
+    """A processed-id log whose writes fail while ``down`` is set."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.down = False
+
+    async def seen(self, ids: Collection[str]) -> set[str]:
+        return self.ids & set(ids)
+
+    async def record(self, ids: Collection[str]) -> None:
+        if self.down:
+            raise StoreUnavailable("MongoDB dedup record failed: AutoReconnect")
+        self.ids |= set(ids)
+
+
+class Soketi:
+    """Counts pushes."""
+
+    def __init__(self) -> None:
+        self.pushed: list[Delivery] = []
+
+    async def deliver(self, deliveries: Sequence[Delivery], socket_id: str | None = None) -> int:
+        self.pushed.extend(deliveries)
+        return 1
+
+
+BODY = orjson.dumps(
+    {
+        "id": "evt1",
+        "type": "user.registered",
+        "occurredAt": datetime.now(UTC).isoformat(),
+        "data": {"userId": "u1"},
+    }
+)
+
+
+async def test_record_failure_after_push_records_on_retry_without_pushing_again() -> None:
+    """A retry after a failed record only records the id: Soketi sees the event once."""
+    processed, soketi = Processed(), Soketi()
+    deps = Deps(store=Store(), processed=processed, soketi=soketi, clock=lambda: 0.0)
+    processed.down = True
+    with pytest.raises(StoreUnavailable):
+        await process(BODY, deps)
+    processed.down = False
+    result = await process(BODY, deps)
+    assert (result.outcome, result.deliveries, len(soketi.pushed)) == ("delivered", 1, 1)
+    assert processed.ids == {"evt1"}
+    assert deps.unrecorded.get("evt1") is None
+    assert (await process(BODY, deps)).outcome == "duplicate"
+
+
+def test_unrecorded_forgets_the_oldest_beyond_its_limit() -> None:
+    """The memory of pushed-but-unrecorded ids is bounded, oldest out first."""
+    unrecorded = Unrecorded(limit=2)
+    for event_id in ("a", "b", "c"):
+        unrecorded.add(event_id, 1, 0.0)
+    assert [unrecorded.get(i) for i in ("a", "b", "c")] == [None, (1, 0.0), (1, 0.0)]
