@@ -123,8 +123,9 @@ class Metrics:
         )
 
     def soketi_response(self, status: int, duration_s: float) -> None:
-        """Count one Soketi answer and its duration."""
-        self.soketi_responses.labels(status_class=f"{status // 100}xx").inc()
+        """Count one Soketi answer (status 0: no answer at all) and its duration."""
+        status_class = f"{status // 100}xx" if status else "error"
+        self.soketi_responses.labels(status_class=status_class).inc()
         self.soketi_request_seconds.observe(duration_s)
 
     def mongodb_query(self, operation: str, duration_s: float) -> None:

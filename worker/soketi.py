@@ -237,14 +237,23 @@ class SoketiClient:
             ) as response:
                 raw = await response.read()
                 status = response.status
-        except TimeoutError as error:
-            raise SoketiUnavailable(f"Soketi timed out after {self._timeout.total}s") from error
-        except aiohttp.ClientConnectorError as error:
-            reason = (error.strerror or "cannot connect").lower()
-            raise SoketiUnavailable(f"Soketi unreachable at {self._base_url}: {reason}") from error
-        except aiohttp.ClientError as error:
-            raise SoketiUnavailable(f"Soketi unreachable: {type(error).__name__}") from error
-        if self._on_response is not None:
-            self._on_response(status, time.perf_counter() - started)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            self._observe(0, started)  # no answer at all
+            raise _unavailable(error, self._base_url, self._timeout.total) from error
+        self._observe(status, started)
         classify_response(status, raw)
         return orjson.loads(raw) if raw else None
+
+    def _observe(self, status: int, started: float) -> None:
+        if self._on_response is not None:
+            self._on_response(status, time.perf_counter() - started)
+
+
+def _unavailable(error: BaseException, base_url: str, timeout_s: float | None) -> SoketiUnavailable:
+    """One line saying why Soketi could not answer; never the signed URL."""
+    if isinstance(error, TimeoutError):
+        return SoketiUnavailable(f"Soketi timed out after {timeout_s}s")
+    if isinstance(error, aiohttp.ClientConnectorError):
+        reason = (error.strerror or "cannot connect").lower()
+        return SoketiUnavailable(f"Soketi unreachable at {base_url}: {reason}")
+    return SoketiUnavailable(f"Soketi unreachable: {type(error).__name__}")
