@@ -34,6 +34,18 @@ class Started:
     http_port: int
 
 
+async def _sweep_processed(processed: mongo.ProcessedLog, interval_s: float = 3600) -> None:
+    """Delete expired processed ids hourly (real MongoDB's TTL index does it too)."""
+    while True:
+        try:
+            removed = await processed.sweep()
+        except FanoutError as error:
+            log.warning("fanout.sweep_failed", error=str(error))
+        else:
+            log.info("fanout.processed_swept", removed=removed)
+        await asyncio.sleep(interval_s)
+
+
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
@@ -179,6 +191,7 @@ async def run(
 
         background = [
             asyncio.create_task(heartbeat.run(), name="heartbeat"),
+            asyncio.create_task(_sweep_processed(processed), name="processed-sweeper"),
             asyncio.create_task(
                 sample_queues(
                     await publishing.channel(),
