@@ -13,6 +13,7 @@ import aiohttp
 import structlog
 
 from worker import broker, http, mongo
+from worker.batching import BatchingProcessedIds, BatchingStore, TriggerBatcher
 from worker.circuit import Circuit, Circuits
 from worker.config import Settings
 from worker.consumer import Consumer, SettlePaths
@@ -60,6 +61,7 @@ def topology_of(settings: Settings) -> broker.Topology:
         bindings=settings.queue_bindings,
         delivery_limit=settings.delivery_limit,
         retry_delays_s=settings.retry_delays_s,
+        shards=settings.shards,  # --- sharded mode ---
     )
 
 
@@ -151,9 +153,13 @@ async def run(
             circuit_changed(circuit)
         consumer = Consumer(
             deps=Deps(
-                store=mongo.MongoStore(gateway),
-                processed=processed,
-                soketi=soketi,
+                store=BatchingStore(mongo.MongoStore(gateway)),
+                processed=BatchingProcessedIds(processed),
+                soketi=TriggerBatcher(
+                    soketi,
+                    linger_s=settings.soketi_linger_ms / 1000,
+                    max_in_flight=settings.soketi_max_in_flight,
+                ),
                 clock=time.time,
                 ephemeral_max_age_s=settings.ephemeral_max_age_s,
             ),
@@ -163,7 +169,8 @@ async def run(
         )
         subscription = Subscription(
             channel,
-            declared.queue,
+            # --- sharded mode ---: the main queue, then every shard (none unless SHARDS > 0)
+            declared.queues,
             consumer.handle,
             metrics,
             wanted=lambda: circuits.all_closed() and not stop.is_set(),

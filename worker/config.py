@@ -23,6 +23,10 @@ class BrokerSettings(BaseSettings):
     delivery_limit: int = Field(default=20, ge=1)
     retry_delays_s: Annotated[tuple[float, ...], NoDecode] = (5, 30, 120, 600, 3600)
     retry_max_age_s: float = Field(default=24 * 3600, gt=0)
+    # Sharded mode (opt-in): conversations hashed over this many single-active-consumer
+    # queues, so several workers keep each chat in order. 0 = off. Needs the broker's
+    # rabbitmq_consistent_hash_exchange plugin.
+    shards: int = Field(default=0, ge=0, le=256)
 
     @field_validator("queue_bindings", mode="before")
     @classmethod
@@ -81,6 +85,8 @@ class Settings(BrokerSettings):
     prefetch_count: int = Field(default=200, ge=1, le=65535)
     max_payload_kb: int = Field(default=100, ge=1)
     soketi_timeout_s: float = Field(default=5.0, gt=0)
+    soketi_linger_ms: float = Field(default=2.0, ge=0)
+    soketi_max_in_flight: int = Field(default=16, ge=1)
     mongodb_timeout_s: float = Field(default=5.0, gt=0)
     processed_retention_h: float = Field(default=72.0, gt=0)
     ephemeral_max_age_s: float = Field(default=10.0, gt=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ from schemas import EVENT_TYPES
 from worker import broker
 from worker.circuit import Circuits
 from worker.errors import FanoutError, InvalidMessage, Misconfigured, PermanentError, TransientError
+from worker.lanes import Lanes, lane_key
 from worker.metrics import Metrics
 from worker.pipeline import Deps, Result, process
 
@@ -57,34 +59,48 @@ async def settle(
     acked, so a crash in between repeats a message rather than losing it.
     """
     if isinstance(result, Result):
-        await message.ack()
+        await _bounded(message.ack())
         return Settled(result.outcome, result.detail, result.event.type, result.event.id)
     error_type, error_id = _identity(result)
     attempts = broker.attempts_of(message) + 1
     if isinstance(result, Misconfigured | Interrupted):
         # Not the message's fault: back to the queue untouched, for this or another worker.
-        await message.nack(requeue=True)
+        await _bounded(message.nack(requeue=True))
         return Settled("requeued", result.reason, error_type, error_id)
     if isinstance(result, TransientError):
         first = broker.first_failed_at(message) or datetime.now(UTC)
         too_old = (datetime.now(UTC) - first).total_seconds() > paths.max_retry_age_s
         if attempts <= len(paths.retries) and not too_old:
             tier = paths.retries[attempts - 1]
-            await broker.schedule_retry(
-                tier, message, attempts=attempts, first_failed_at=first, error=str(result)
+            await _bounded(
+                broker.schedule_retry(
+                    tier, message, attempts=attempts, first_failed_at=first, error=str(result)
+                )
             )
-            await message.ack()
+            await _bounded(message.ack())
             return Settled("retried", tier.name.rsplit(".", 1)[-1], error_type, error_id)
         reason, detail = "retries_exhausted", f"{result.reason}: {result}"
     elif isinstance(result, PermanentError):
         reason, detail = result.reason, str(result)
     else:
         reason, detail = "internal_error", f"{type(result).__name__}: {result}"
-    await broker.dead_letter(
-        paths.dead, message, reason=reason, error=detail[:500], attempts=attempts
+    await _bounded(
+        broker.dead_letter(
+            paths.dead, message, reason=reason, error=detail[:500], attempts=attempts
+        )
     )
-    await message.ack()
+    await _bounded(message.ack())
     return Settled("dead_lettered", reason, error_type, error_id)
+
+
+#: A broker operation in settle that takes longer is abandoned: the connection under it is
+#: gone (aiormq can wait forever on a connection reset mid-write), and the broker redelivers
+#: the unsettled message once the worker reconnects.
+SETTLE_TIMEOUT_S = 5.0
+
+
+async def _bounded(operation: Awaitable[object]) -> None:
+    await asyncio.wait_for(operation, SETTLE_TIMEOUT_S)
 
 
 def _identity(error: BaseException) -> tuple[str, str | None]:
@@ -112,6 +128,7 @@ class Consumer:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _lanes: Lanes = field(default_factory=Lanes)
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -141,14 +158,26 @@ class Consumer:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
         self._enter()
+        # Taken before the first await: deliveries start their tasks in arrival order, so
+        # one conversation's messages reach Soketi in publish order however many run at once.
+        lane = self._lanes.hold(lane_key(message.body))
+        result: Result | BaseException | None = None
         try:
-            result = await self._attempt(message)
+            async with lane:
+                result = await self._attempt(message)
             settled = await settle(message, result, self.paths)
             self._observe(message, result, settled, time.perf_counter() - started)
         except Exception as error:  # e.g. the channel closed mid-settle
+            outcome = None
+            if isinstance(result, Result):
+                # Pushed (or dropped) whatever became of the ack; the redelivered copy will only
+                # count as a duplicate, so count the event's outcome now or never.
+                outcome = result.outcome
+                self.metrics.messages.labels(result.event.type, outcome, result.detail).inc()
             log.warning(
                 "fanout.settle_failed",
                 message_id=message.message_id,
+                outcome=outcome,
                 error=f"{type(error).__name__}: {error}",
             )
         finally:

@@ -136,6 +136,17 @@ def plan_requests(
     return requests
 
 
+def batch_entries(
+    deliveries: Sequence[Delivery], socket_id: str | None, limits: Limits
+) -> list[dict[str, Any]]:
+    """One ``batch_events`` entry per delivery, each payload size-checked."""
+    extra = {"socket_id": socket_id} if socket_id else {}
+    return [
+        {"channel": d.channel, "name": d.event, "data": encode_payload(d.payload, limits), **extra}
+        for d in deliveries
+    ]
+
+
 def _chunks(items: Sequence[_T], size: int) -> Iterator[list[_T]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
@@ -210,6 +221,13 @@ class SoketiClient:
             if self._on_request is not None:
                 self._on_request(planned.triggers)
         return len(requests)
+
+    async def send_batch(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Trigger up to ``max_batch`` prepared entries in one ``batch_events`` call."""
+        body = orjson.dumps({"batch": list(entries)})
+        await self.call("POST", f"/apps/{self._creds.app_id}/batch_events", body)
+        if self._on_request is not None:
+            self._on_request(len(entries))
 
     async def ping(self) -> None:
         """Make one signed read-only call (the channels list) to prove Soketi accepts us."""

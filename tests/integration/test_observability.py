@@ -106,13 +106,17 @@ async def test_metrics_count_what_happened(fanout: Fanout) -> None:
     )
     assert s(f"{p}processing_seconds_count", event_type="user.registered") == 3
     assert s(f"{p}event_age_seconds_count") == 3
-    # payment.received: 2 sellers + customer + admin share one payload -> one call of 4 triggers.
-    assert s(f"{p}triggers_per_request_count") == 3
+    # 2 new-user events + payment.received to 2 sellers, the customer and admins: 6 Pusher
+    # events, in 1 to 3 calls depending on how the batcher coalesced them.
     assert s(f"{p}triggers_per_request_sum") == 1 + 1 + 4
-    assert s(f"{p}soketi_responses_total", status_class="2xx") >= 3
-    assert s(f"{p}soketi_request_seconds_count") >= 3
-    assert s(f"{p}mongodb_query_seconds_count", operation="dedup check") == 4
-    assert s(f"{p}mongodb_query_seconds_count", operation="find in users") == 2
+    assert 1 <= s(f"{p}triggers_per_request_count") <= 3
+    assert s(f"{p}soketi_responses_total", status_class="2xx") == s(
+        f"{p}triggers_per_request_count"
+    )
+    assert s(f"{p}soketi_request_seconds_count") == s(f"{p}triggers_per_request_count")
+    # Checks of concurrent messages share queries: at most one per message.
+    assert 1 <= s(f"{p}mongodb_query_seconds_count", operation="dedup check") <= 4
+    assert 1 <= s(f"{p}mongodb_query_seconds_count", operation="find in users") <= 2
     assert s(f"{p}in_flight_messages") == 0
     assert s(f"{p}consumer_up") == 1
     assert s(f"{p}circuit_open", downstream="soketi") == 0

@@ -97,6 +97,10 @@ def _via(url: str, proxy: TcpProxy, **query: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path or "/", joined, ""))
 
 
+def _reconnects(fanout: Fanout) -> float:
+    return fanout.sample("bazaar_fanout_reconnects_total", kind="connection")
+
+
 async def _outage(proxy: TcpProxy, rejected: int = 3) -> None:
     """Cut ``proxy`` and restore it once ``rejected`` more reconnect attempts were turned away."""
     await proxy.cut()
@@ -136,6 +140,7 @@ async def test_broker_cut_mid_stream_delivers_everything_once(
         for env in envelopes[150:275]:
             await fanout.publish(env)
         await sub.wait_for(lambda got: len(got) >= 200, 20)
+        await wait_until(lambda: _reconnects(fanout) >= 1, 20)  # the first cut is behind us
         await _outage(broker_proxy)
         for env in envelopes[275:]:
             await fanout.publish(env)
@@ -145,7 +150,8 @@ async def test_broker_cut_mid_stream_delivers_everything_once(
         assert set(counts) == {e["id"] for e in envelopes}
         assert max(counts.values()) == 1
         assert await fanout.dead_letters() == []
-        reconnects = fanout.sample("bazaar_fanout_reconnects_total", kind="connection")
+        await wait_until(lambda: _reconnects(fanout) >= 2, 20)
+        reconnects = _reconnects(fanout)
         consumers = fanout.sample("bazaar_fanout_reconnects_total", kind="consumer")
         print(
             f"broker cuts: 2; connection reconnects: {reconnects:.0f}; "
@@ -278,10 +284,17 @@ async def _ready_in(fanout: Fanout, queue: str) -> int:
 
 async def _quiet(fanout: Fanout, queue: str, timeout_s: float = 20) -> None:
     """Wait until the worker consumes, holds nothing in flight and ``queue`` has nothing ready."""
-    async with asyncio.timeout(timeout_s):
-        while not (  # noqa: ASYNC110  # neither metrics nor queue depth notify on change
-            fanout.sample("bazaar_fanout_consumer_up") == 1
-            and fanout.sample("bazaar_fanout_in_flight_messages") == 0
-            and await _ready_in(fanout, queue) == 0
-        ):
-            await asyncio.sleep(0.05)
+    state: tuple[float, float, int] = (0, 0, 0)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:  # neither metrics nor queue depth notify on change
+                state = (
+                    fanout.sample("bazaar_fanout_consumer_up"),
+                    fanout.sample("bazaar_fanout_in_flight_messages"),
+                    await _ready_in(fanout, queue),
+                )
+                if state == (1, 0, 0):
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise TimeoutError(f"not quiet: consumer_up, in_flight, ready = {state}") from None
