@@ -74,6 +74,7 @@ class Names:
     extra_queues: list[str] = field(default_factory=list)
     extra_exchanges: list[str] = field(default_factory=list)
     retry_delays_s: tuple[float, ...] = (1, 2)
+    shards: int = 0  # a sharded test sets it, so cleanup deletes the shard queues too
 
     @property
     def exchange(self) -> str:
@@ -107,7 +108,8 @@ class Names:
         # The worker's derived queues are listed even when unused: deleting is idempotent.
         topology = self.topology()
         tiers = [topology.tier(i) for i in range(len(topology.retry_delays_s))]
-        return [self.queue, self.dlq, *tiers, *self.extra_queues]
+        shards = [topology.shard(i) for i in range(topology.shards)]
+        return [self.queue, self.dlq, *tiers, *shards, *self.extra_queues]
 
     def exchanges_to_delete(self) -> list[str]:
         topology = self.topology()
@@ -116,13 +118,17 @@ class Names:
             self.exchange,
             topology.dead_exchange,
             topology.return_exchange,
+            topology.lanes_exchange,
+            topology.shards_exchange,
             *tiers,
             *self.extra_exchanges,
         ]
 
     def topology(self) -> Topology:
         """The broker objects a worker declares for these names."""
-        return Topology(self.exchange, self.queue, retry_delays_s=self.retry_delays_s)
+        return Topology(
+            self.exchange, self.queue, retry_delays_s=self.retry_delays_s, shards=self.shards
+        )
 
 
 @pytest.fixture

@@ -12,6 +12,20 @@ Every hop is a fanout exchange, so a message keeps its original routing key all 
 Dead-lettered messages are published by the worker to ``WORKER_QUEUE.dead`` with their
 original body and properties plus ``fanout-*`` headers; the broker itself dead-letters
 there too when a message exceeds the delivery limit.
+
+Sharded mode (``SHARDS=N``, opt-in) replaces the first line: events enter the worker's
+queues through RabbitMQ's consistent-hash exchange, so each conversation always lands in
+the same shard and a fleet keeps its order::
+
+    EVENTS_EXCHANGE --QUEUE_BINDINGS--> WORKER_QUEUE.lanes (headers; alternate exchange
+        WORKER_QUEUE.return, i.e. the main queue, for events without a ``fanout-lane`` header)
+    WORKER_QUEUE.lanes --fanout-lane present--> WORKER_QUEUE.shards (x-consistent-hash on
+        the ``fanout-lane`` header) --weight 1--> WORKER_QUEUE.shard.{0..N-1} (quorum,
+        single active consumer, x-delivery-limit, dead-lettering like the main queue)
+
+Every worker consumes every shard; the broker lets one consumer per shard at a time have
+its messages and hands the shard to another when that worker goes away. The main queue
+stays a plain competing-consumers queue for events without a lane and returning retries.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -31,10 +46,14 @@ from aio_pika.abc import (
     ExchangeType,
 )
 
+from worker.errors import Misconfigured
+
 REASON = "fanout-reason"
 ERROR = "fanout-error"
 ATTEMPTS = "fanout-attempts"
 FIRST_FAILED_AT = "fanout-first-failed-at"
+#: The header the publisher sets to an event's conversation; sharded mode hashes on it.
+LANE = "fanout-lane"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +65,7 @@ class Topology:
     bindings: tuple[str, ...] = ("#",)
     delivery_limit: int = 20
     retry_delays_s: tuple[float, ...] = (5, 30, 120, 600, 3600)
+    shards: int = 0  # 0: not sharded
 
     def tier(self, index: int) -> str:
         """Name of retry tier ``index`` (0-based): exchange and queue share it."""
@@ -53,8 +73,26 @@ class Topology:
 
     @property
     def return_exchange(self) -> str:
-        """The fanout exchange expired retries come back through, bound to the main queue only."""
+        """The fanout exchange into the main queue only: expired retries, unlaned events."""
         return f"{self.queue}.return"
+
+    @property
+    def lanes_exchange(self) -> str:
+        """Sharded mode's entry: laned events go on to the shards, others to the main queue."""
+        return f"{self.queue}.lanes"
+
+    @property
+    def shards_exchange(self) -> str:
+        """The consistent-hash exchange in front of the shard queues."""
+        return f"{self.queue}.shards"
+
+    def shard(self, index: int) -> str:
+        """Name of shard queue ``index`` (0-based)."""
+        return f"{self.queue}.shard.{index}"
+
+    def shard_arguments(self) -> dict[str, Any]:
+        """Arguments of a shard queue: the main queue's plus a single active consumer."""
+        return {**self.queue_arguments(), "x-single-active-consumer": True}
 
     @property
     def dlq(self) -> str:
@@ -83,10 +121,21 @@ class Declared:
     dead_exchange: AbstractExchange
     events_exchange: AbstractExchange
     retry_exchanges: tuple[AbstractExchange, ...]
+    shards: tuple[AbstractQueue, ...] = ()
+
+    @property
+    def queues(self) -> tuple[AbstractQueue, ...]:
+        """Every queue the worker consumes: the main queue, then the shards (if sharded)."""
+        return (self.queue, *self.shards)
 
 
 async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
-    """Declare exchange, main queue, bindings and dead-letter path; safe to repeat."""
+    """Declare exchange, main queue, bindings, dead-letter path and shards; safe to repeat.
+
+    The mode in ``topology`` wins over what an earlier start declared: the new way in is
+    bound before the old one is cut, so switching modes may route an event both ways for a
+    moment (the processed-id log drops the copy) but never neither.
+    """
     events = await channel.declare_exchange(topology.exchange, ExchangeType.TOPIC, durable=True)
     dead = await channel.declare_exchange(topology.dead_exchange, ExchangeType.FANOUT, durable=True)
     dlq = await channel.declare_queue(
@@ -96,12 +145,20 @@ async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
     queue = await channel.declare_queue(
         topology.queue, durable=True, arguments=topology.queue_arguments()
     )
-    for pattern in topology.bindings:
-        await queue.bind(events, routing_key=pattern)
     back = await channel.declare_exchange(
         topology.return_exchange, ExchangeType.FANOUT, durable=True
     )
     await queue.bind(back, routing_key="#")
+    shards: tuple[AbstractQueue, ...] = ()
+    if topology.shards:
+        shards = await declare_shards(channel, topology)
+        for pattern in topology.bindings:
+            await queue.unbind(events, routing_key=pattern)
+    else:
+        for pattern in topology.bindings:
+            await queue.bind(events, routing_key=pattern)
+        # Deleting an absent exchange is a no-op; deleting ours cuts the sharded way in.
+        await channel.exchange_delete(topology.lanes_exchange)
     tiers = []
     for index, delay_s in enumerate(topology.retry_delays_s):
         name = topology.tier(index)
@@ -118,8 +175,52 @@ async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
         await tier_queue.bind(exchange, routing_key="#")
         tiers.append(exchange)
     return Declared(
-        queue=queue, dead_exchange=dead, events_exchange=events, retry_exchanges=tuple(tiers)
+        queue=queue,
+        dead_exchange=dead,
+        events_exchange=events,
+        retry_exchanges=tuple(tiers),
+        shards=shards,
     )
+
+
+async def declare_shards(channel: AbstractChannel, topology: Topology) -> tuple[AbstractQueue, ...]:
+    """Declare sharded mode's exchanges and ``topology.shards`` shard queues; safe to repeat.
+
+    Returns the shard queues in index order. Shards beyond ``topology.shards`` left by an
+    earlier, larger setting stay bound (and get their share of conversations) until an
+    operator deletes them: nothing here removes a queue that may hold messages.
+    """
+    events = await channel.declare_exchange(topology.exchange, ExchangeType.TOPIC, durable=True)
+    lanes = await channel.declare_exchange(
+        topology.lanes_exchange,
+        ExchangeType.HEADERS,
+        durable=True,
+        arguments={"alternate-exchange": topology.return_exchange},
+    )
+    try:
+        hashed = await channel.declare_exchange(
+            topology.shards_exchange,
+            "x-consistent-hash",
+            durable=True,
+            arguments={"hash-header": LANE},
+        )
+    except aiormq.exceptions.ConnectionCommandInvalid as error:  # "unknown exchange type"
+        raise Misconfigured(
+            f"SHARDS={topology.shards} needs the broker's consistent-hash exchange: "
+            f"rabbitmq-plugins enable rabbitmq_consistent_hash_exchange ({error})"
+        ) from error
+    # A void (None) value matches on the header's presence, whatever its value.
+    await hashed.bind(lanes, routing_key="", arguments={"x-match": "any", LANE: None})
+    shards = []
+    for index in range(topology.shards):
+        shard = await channel.declare_queue(
+            topology.shard(index), durable=True, arguments=topology.shard_arguments()
+        )
+        await shard.bind(hashed, routing_key="1")  # the weight: every shard gets an equal share
+        shards.append(shard)
+    for pattern in topology.bindings:
+        await lanes.bind(events, routing_key=pattern)
+    return tuple(shards)
 
 
 def tier_label(delay_s: float) -> str:

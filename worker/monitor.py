@@ -43,6 +43,8 @@ def queue_labels(topology: Topology) -> dict[str, str]:
     labels = {topology.queue: "main", topology.dlq: "dlq"}
     for index, delay_s in enumerate(topology.retry_delays_s):
         labels[topology.tier(index)] = f"retry_{tier_label(delay_s)}"
+    for index in range(topology.shards):
+        labels[topology.shard(index)] = f"shard_{index}"
     return labels
 
 

@@ -12,8 +12,10 @@ import aio_pika
 import orjson
 
 from schemas import Event
+from worker.broker import LANE
 from worker.config import BrokerSettings
 from worker.errors import InvalidMessage
+from worker.lanes import lane_key
 from worker.pipeline import parse
 
 
@@ -63,8 +65,11 @@ def validate(envelope: dict[str, Any]) -> Event:
 def message_of(event: Event) -> aio_pika.Message:
     """The AMQP message the backend publishes for ``event`` (contract section 2)."""
     body = orjson.dumps(event.model_dump(mode="json", by_alias=True, exclude_none=True))
+    lane = lane_key(body)
     return aio_pika.Message(
         body=body,
+        # Sharded workers hash on it to keep a conversation in one shard (and so in order).
+        headers={LANE: lane} if lane is not None else None,
         content_type="application/json",
         message_id=event.id,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,

@@ -1,16 +1,17 @@
-"""Keeping the consumer on the queue exactly when it should be, whatever the broker does.
+"""Keeping the consumers on the queues exactly when they should be, whatever the broker does.
 
 One supervising task reconciles the wanted state (circuits closed, not stopping) with the
-actual one: it cancels the consumer while a circuit is open, consumes again once it closes,
-and re-consumes after the broker cancelled the consumer or a reconnect lost it. Readiness
-and ``consumer_up`` read the actual state.
+actual one: it cancels the consumers while a circuit is open, consumes again once it closes,
+and re-consumes after the broker cancelled a consumer or a reconnect lost it. Readiness
+and ``consumer_up`` read the actual state: up only while every queue has our consumer.
+The worker consumes one queue, or in sharded mode the main queue and every shard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -24,12 +25,12 @@ Callback = Callable[[AbstractIncomingMessage], Awaitable[Any]]
 
 
 class Subscription:
-    """The worker's consumer on its queue, supervised."""
+    """The worker's consumers on its queues (one callback for all), supervised."""
 
     def __init__(
         self,
         channel: AbstractChannel,
-        queue: AbstractQueue,
+        queues: AbstractQueue | Sequence[AbstractQueue],
         callback: Callback,
         metrics: Metrics,
         *,
@@ -37,12 +38,12 @@ class Subscription:
         interval_s: float = 1.0,
     ) -> None:
         self._channel = channel
-        self._queue = queue
+        self._queues = (queues,) if isinstance(queues, AbstractQueue) else tuple(queues)
         self._callback = callback
         self._metrics = metrics
         self._wanted = wanted
         self._interval_s = interval_s
-        self._tag: str | None = None
+        self._tags: dict[str, str] = {}  # queue name -> our consumer tag
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -56,16 +57,20 @@ class Subscription:
         self._changed.set()
 
     async def consuming(self) -> bool:
-        """True when our consumer is registered on an open channel."""
-        if self._tag is None or self._channel.is_closed:
-            return False
+        """True when our consumer is registered on every queue, on an open channel."""
+        return not await self._missing()
+
+    async def _missing(self) -> list[AbstractQueue]:
+        """The queues without a live consumer of ours."""
+        if self._channel.is_closed:
+            return list(self._queues)
         try:
             underlay = await asyncio.wait_for(self._channel.get_underlay_channel(), 1)
         except Exception:  # a channel being restored is not consuming
-            return False
+            return list(self._queues)
         # aiormq drops a tag from ``consumers`` when the broker sends Basic.Cancel.
         consumers: dict[str, Any] = getattr(underlay, "consumers", {})
-        return self._tag in consumers
+        return [q for q in self._queues if self._tags.get(q.name) not in consumers]
 
     async def stop(self) -> None:
         """Stop supervising and cancel the consumer (in-flight messages stay ours to settle)."""
@@ -88,26 +93,34 @@ class Subscription:
 
     async def _reconcile(self) -> None:
         wanted = self._wanted()
-        actual = await self.consuming()
-        if wanted and not actual:
+        missing = await self._missing()
+        if wanted and missing:
             if self._channel.is_closed:
                 self._metrics.consumer_up.set(0)
-                return  # the robust connection restores the channel and its consumer
-            if self._tag is not None:
-                log.warning(
-                    "fanout.consumer_lost", consumer_tag=self._tag, action="consuming again"
-                )
-                self._metrics.reconnects.labels(kind="consumer").inc()
-                await self._cancel()
-            self._tag = await self._queue.consume(self._callback)
-            log.info("fanout.consuming", queue=self._queue.name)
-        elif not wanted and self._tag is not None:
+                return  # the robust connection restores the channel and its consumers
+            for queue in missing:
+                if (tag := self._tags.get(queue.name)) is not None:
+                    log.warning(
+                        "fanout.consumer_lost",
+                        queue=queue.name,
+                        consumer_tag=tag,
+                        action="consuming again",
+                    )
+                    self._metrics.reconnects.labels(kind="consumer").inc()
+                    await self._cancel_one(queue)
+                self._tags[queue.name] = await queue.consume(self._callback)
+                log.info("fanout.consuming", queue=queue.name)
+        elif not wanted and self._tags:
             await self._cancel()
-            log.warning("fanout.consuming_paused", queue=self._queue.name)
+            log.warning("fanout.consuming_paused", queues=[q.name for q in self._queues])
         self._metrics.consumer_up.set(1 if await self.consuming() else 0)
 
     async def _cancel(self) -> None:
-        tag, self._tag = self._tag, None
+        for queue in self._queues:
+            await self._cancel_one(queue)
+
+    async def _cancel_one(self, queue: AbstractQueue) -> None:
+        tag = self._tags.pop(queue.name, None)
         if tag is not None and not self._channel.is_closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._queue.cancel(tag), 5)
+                await asyncio.wait_for(queue.cancel(tag), 5)

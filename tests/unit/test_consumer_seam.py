@@ -1,0 +1,154 @@
+"""The consumer seam: process + settle with an in-memory store, Soketi and message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from handlers.model import Account, Delivery, Product
+from worker.circuit import Circuit, Circuits
+from worker.consumer import Consumer, SettlePaths
+from worker.metrics import Metrics
+from worker.pipeline import Deps
+
+
+class SlowFirstStore:
+    """Senders named by a number answer in inverse order: message 0 is the slowest."""
+
+    async def users(self, ids: Collection[str]) -> Mapping[str, Account]:
+        [sender] = ids
+        await asyncio.sleep(0.001 * (20 - int(sender[1:])))
+        return {sender: Account(sender, sender)}
+
+    async def shops(self, ids: Collection[str]) -> Mapping[str, Account]:
+        return {}
+
+    async def products(self, ids: Collection[str]) -> Mapping[str, Product]:
+        return {}
+
+
+class Processed:
+    """An in-memory processed-id log."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    async def seen(self, ids: Collection[str]) -> set[str]:
+        return self.ids & set(ids)
+
+    async def record(self, ids: Collection[str]) -> None:
+        self.ids |= set(ids)
+
+
+class Soketi:
+    """Records what it was asked to trigger, in order."""
+
+    def __init__(self) -> None:
+        self.pushed: list[Delivery] = []
+
+    async def deliver(self, deliveries: Sequence[Delivery], socket_id: str | None = None) -> int:
+        self.pushed.extend(deliveries)
+        return 1
+
+
+@dataclass
+class Message:
+    """Just enough of an aio-pika incoming message for the consumer."""
+
+    body: bytes
+    message_id: str | None = None
+    routing_key: str = "message.created"
+    headers: dict[str, Any] = field(default_factory=dict)
+    content_type: str = "application/json"
+    content_encoding: str | None = None
+    correlation_id: str | None = None
+    timestamp: datetime | None = None
+    type: str | None = None
+    app_id: str | None = None
+    settled: list[str] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def nack(self, requeue: bool = True) -> None:
+        self.settled.append("nack")
+
+
+class Exchange:
+    """A dead-letter exchange that remembers what it was given."""
+
+    name = "q.dead"
+
+    def __init__(self) -> None:
+        self.published: list[tuple[Any, str]] = []
+
+    async def publish(self, message: Any, routing_key: str) -> None:
+        self.published.append((message, routing_key))
+
+
+def _consumer(soketi: Soketi, dead: Exchange) -> Consumer:
+    async def healthy() -> None:
+        return None
+
+    return Consumer(
+        deps=Deps(store=SlowFirstStore(), processed=Processed(), soketi=soketi, clock=lambda: 0),
+        paths=SettlePaths(dead=dead, retries=()),  # type: ignore[arg-type]  # in-memory stand-in
+        metrics=Metrics.create(),
+        circuits=Circuits(Circuit("soketi", healthy), Circuit("mongodb", healthy)),
+    )
+
+
+def _chat(n: int, conversation: str = "c1") -> bytes:
+    return orjson.dumps(
+        {
+            "id": f"m{n}",
+            "type": "message.created",
+            "occurredAt": datetime.now(UTC).isoformat(),
+            "data": {
+                "messageId": f"m{n}",
+                "conversationId": conversation,
+                "senderId": f"u{n}",
+                "senderType": "user",
+                "recipientId": "s1",
+                "recipientType": "seller",
+                "content": str(n),
+            },
+        }
+    )
+
+
+async def test_one_conversation_keeps_publish_order_when_lookups_finish_out_of_order() -> None:
+    """Message 0's lookup is slowest, yet Soketi gets the conversation's messages in order."""
+    soketi = Soketi()
+    consumer = _consumer(soketi, Exchange())
+    messages = [Message(_chat(n)) for n in range(20)]
+    await asyncio.gather(*(consumer.handle(m) for m in messages))  # type: ignore[arg-type]
+    order = [d.payload["content"] for d in soketi.pushed if d.channel == "private-chat-c1"]
+    assert order == [str(n) for n in range(20)]
+    assert all(m.settled == ["ack"] for m in messages)
+
+
+async def test_other_conversations_are_not_held_back() -> None:
+    """Different conversations do not wait for each other: the fast one finishes first."""
+    soketi = Soketi()
+    consumer = _consumer(soketi, Exchange())
+    slow, fast = Message(_chat(0, "slow")), Message(_chat(19, "fast"))
+    await asyncio.gather(consumer.handle(slow), consumer.handle(fast))  # type: ignore[arg-type]
+    assert soketi.pushed[0].channel == "private-chat-fast"
+
+
+async def test_invalid_body_is_dead_lettered_then_acked() -> None:
+    """Settle publishes a bad message to the dead-letter exchange with its reason, then acks."""
+    dead = Exchange()
+    message = Message(b"{oops", message_id="x1", routing_key="order.created")
+    await _consumer(Soketi(), dead).handle(message)  # type: ignore[arg-type]
+    [(copy, routing_key)] = dead.published
+    assert routing_key == "order.created"
+    assert copy.headers["fanout-reason"] == "invalid_json"
+    assert copy.body == b"{oops"
+    assert message.settled == ["ack"]
