@@ -19,7 +19,7 @@ lint: install
 	$(BIN)/ruff format --check worker handlers schemas tests bench
 	$(BIN)/mypy
 
-install: $(VENV)/.installed $(SOKETI)
+install: $(VENV)/.installed $(SOKETI) clients/node/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 $(SOKETI): tools/soketi/package.json tools/soketi/package-lock.json
 	npm ci --prefix tools/soketi --no-audit --no-fund --loglevel=error
+	touch $@
+
+clients/node/node_modules/.installed: clients/node/package.json clients/node/package-lock.json
+	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
 	touch $@
 
 clean:
