@@ -12,7 +12,7 @@ import aio_pika
 import aiohttp
 import structlog
 
-from worker import broker, http, mongo
+from worker import broker, browser, http, mongo
 from worker.batching import BatchingProcessedIds, BatchingStore, TriggerBatcher
 from worker.circuit import Circuit, Circuits
 from worker.config import Settings
@@ -211,6 +211,17 @@ async def run(
         ]
         stack.push_async_callback(_cancel_all, background)
 
+        browser_routes, browser_tasks = browser.setup(
+            browser.BrowserContext(
+                settings=settings,
+                metrics=metrics,
+                gateway=gateway,
+                soketi=soketi,
+                events=await publisher.get_exchange(topology.exchange, ensure=False),
+            )
+        )
+        background += [asyncio.create_task(task(), name="browser") for task in browser_tasks]
+
         server = await http.start(
             http.build_app(
                 metrics,
@@ -220,6 +231,7 @@ async def run(
                     "mongodb": downstream_check(circuits.mongodb, gateway.probe),
                 },
                 alive=alive,
+                routes=browser_routes,
             ),
             settings.http_host,
             settings.http_port,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -33,6 +33,7 @@ def build_app(
     *,
     alive: Callable[[], str | None] = lambda: None,
     check_timeout_s: float = 2.0,
+    routes: Sequence[web.RouteDef] = (),
 ) -> web.Application:
     """The aiohttp application serving ``/healthz``, ``/readyz`` and ``/metrics``.
 
@@ -63,6 +64,7 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    app.router.add_routes(routes)
     return app
 
 

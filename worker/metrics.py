@@ -30,6 +30,10 @@ class Metrics:
     reconnects: Counter
     queue_messages: Gauge
     loop_lag_seconds: Gauge
+    auth_requests: Counter
+    webhooks: Counter
+    accounts_online: Gauge
+    history_requests: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
@@ -118,6 +122,30 @@ class Metrics:
             loop_lag_seconds=Gauge(
                 f"{PREFIX}_event_loop_lag_seconds",
                 "How late the event loop's heartbeat last ran (a blocked loop shows here).",
+                registry=reg,
+            ),
+            auth_requests=Counter(
+                f"{PREFIX}_auth_requests",
+                "Channel and user authorization requests by endpoint (channel, user) and "
+                "outcome (allowed, unauthenticated, forbidden, invalid).",
+                ("endpoint", "outcome"),
+                registry=reg,
+            ),
+            webhooks=Counter(
+                f"{PREFIX}_webhooks",
+                "Soketi webhooks by outcome (accepted, forged, stale, invalid).",
+                ("outcome",),
+                registry=reg,
+            ),
+            accounts_online=Gauge(
+                f"{PREFIX}_accounts_online",
+                "Accounts with at least one browser on their personal channel.",
+                registry=reg,
+            ),
+            history_requests=Counter(
+                f"{PREFIX}_history_requests",
+                "Channel history reads by outcome (ok, gone, unauthenticated, forbidden, invalid).",
+                ("outcome",),
                 registry=reg,
             ),
         )

@@ -1,0 +1,41 @@
+"""The browser side, assembled: channel authorization, webhooks and presence, history, stats.
+
+Each feature module offers ``routes(ctx)`` (aiohttp route definitions for the worker's HTTP
+server) and/or ``tasks(ctx)`` (background coroutines the worker runs until it stops); this
+module collects them, so ``worker.app`` wires the browser side with one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractExchange
+from aiohttp import web
+
+from worker.config import Settings
+from worker.metrics import Metrics
+from worker.mongo import MongoGateway
+from worker.soketi import SoketiClient
+
+Task = Callable[[], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserContext:
+    """What the browser-side features may use."""
+
+    settings: Settings
+    metrics: Metrics
+    gateway: MongoGateway
+    soketi: SoketiClient
+    #: The events exchange on the publishing connection (confirmed publishes).
+    events: AbstractExchange
+
+
+def setup(ctx: BrowserContext) -> tuple[list[web.RouteDef], list[Task]]:
+    """Every browser-side route and background task."""
+    routes: list[web.RouteDef] = []
+    tasks: list[Task] = []
+    return routes, tasks
