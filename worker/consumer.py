@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +48,8 @@ class SettlePaths:
     dead: AbstractExchange
     retries: tuple[AbstractExchange, ...]
     max_retry_age_s: float = 24 * 3600
+    #: Messages dead-lettered (confirmed) whose ack was lost with the connection.
+    parked: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
 
 
 async def settle(
@@ -84,13 +88,35 @@ async def settle(
         reason, detail = result.reason, str(result)
     else:
         reason, detail = "internal_error", f"{type(result).__name__}: {result}"
-    await _bounded(
-        broker.dead_letter(
-            paths.dead, message, reason=reason, error=detail[:500], attempts=attempts
+    key = _parked_key(message)
+    if not (key in paths.parked and message.redelivered):  # else only our ack was lost
+        await _bounded(
+            broker.dead_letter(
+                paths.dead, message, reason=reason, error=detail[:500], attempts=attempts
+            )
         )
-    )
-    await _bounded(message.ack())
+    try:
+        await _bounded(message.ack())
+    except BaseException:
+        # The broker will redeliver a message whose copy the DLQ already holds: remember it,
+        # so the redelivery is only acked and the DLQ keeps one copy.
+        paths.parked[key] = None
+        while len(paths.parked) > PARKED_LIMIT:
+            paths.parked.popitem(last=False)
+        raise
+    paths.parked.pop(key, None)
     return Settled("dead_lettered", reason, error_type, error_id)
+
+
+#: How many dead-lettered-but-unacked messages ``SettlePaths.parked`` remembers, oldest out.
+PARKED_LIMIT = 10_000
+
+
+def _parked_key(message: AbstractIncomingMessage) -> bytes:
+    """What identifies a message across its redeliveries: routing key and body."""
+    digest = hashlib.sha256(message.body)
+    digest.update((message.routing_key or "").encode())
+    return digest.digest()
 
 
 #: A broker operation in settle that takes longer is abandoned: the connection under it is
@@ -169,9 +195,9 @@ class Consumer:
             self._observe(message, result, settled, time.perf_counter() - started)
         except Exception as error:  # e.g. the channel closed mid-settle
             outcome = None
-            if isinstance(result, Result):
-                # Pushed (or dropped) whatever became of the ack; the redelivered copy will only
-                # count as a duplicate, so count the event's outcome now or never.
+            if isinstance(result, Result) and result.outcome == "delivered":
+                # Pushed and recorded whatever became of the ack: the redelivered copy will only
+                # count as a duplicate, so count the delivery now or never.
                 outcome = result.outcome
                 self.metrics.messages.labels(result.event.type, outcome, result.detail).inc()
             log.warning(
