@@ -14,6 +14,9 @@ demo: install  ## the worker on local defaults with a demo stream and a terminal
 test: install  ## every test, against real RabbitMQ, Soketi and the MongoDB stand-in
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: install  ## the benchmark (bench/README.md); BENCH_ARGS="--events 20000 --runs 3"
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check worker handlers schemas tests bench
 	$(BIN)/ruff format --check worker handlers schemas tests bench

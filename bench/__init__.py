@@ -1,0 +1,1 @@
+"""``python -m bench``: the fan-out benchmark (baselines, the worker, latency) on loopback."""

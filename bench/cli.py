@@ -1,0 +1,192 @@
+"""Command line: start the services, run the selected paths ``--runs`` times, print the report.
+
+Progress goes to stderr; the report (Markdown) goes to stdout and to ``--out``. Exit code 0
+when every event reached every subscriber exactly once, 1 when any was lost or duplicated,
+2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aio_pika
+
+from bench import paths, report, stack, stream
+from bench.paths import Options, Result
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "latest.md"
+PathRun = Callable[[stack.Services, list[stream.BenchEvent], Options], Awaitable[Result]]
+THROUGHPUT: dict[str, PathRun] = {
+    "sync-trigger": paths.sync_trigger,
+    "direct-32": paths.direct,
+    "aio-pika-bare": paths.aio_pika_bare,
+    "worker": paths.worker_live,
+    "worker-backlog": paths.worker_backlog,
+}
+ALL_PATHS = (*THROUGHPUT, "latency")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run the benchmark; return the exit code."""
+    args = _parser().parse_args(argv)
+    skipped = {name.strip() for value in args.skip for name in value.split(",") if name.strip()}
+    if args.no_latency:
+        skipped.add("latency")
+    unknown = skipped - set(ALL_PATHS)
+    if unknown:
+        print(f"bench: unknown --skip {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    args.selected = [name for name in ALL_PATHS if name not in skipped]
+    try:
+        args.worker_env = dict(item.split("=", 1) for item in args.worker_env)
+    except ValueError:
+        print("bench: --worker-env takes KEY=VALUE", file=sys.stderr)
+        return 2
+    return asyncio.run(_run(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="RabbitMQ -> worker -> Soketi benchmark against direct-trigger baselines.",
+    )
+    add = parser.add_argument
+    add("--events", type=int, default=5000, help="events per throughput path (default 5000)")
+    add("--rate", type=float, default=500.0, help="latency run: events/s (default 500)")
+    add("--duration", type=float, default=10.0, help="latency run: seconds (default 10)")
+    add("--subscribers", type=int, default=1, help="WebSocket subscribers (default 1)")
+    add("--payload-size", type=int, default=1024, help="chat/alert data size in bytes")
+    add("--runs", type=int, default=1, help="repeat every path; report medians (default 1)")
+    add("--skip", action="append", default=[], help=f"skip paths: {', '.join(ALL_PATHS)}")
+    add("--no-latency", action="store_true", help="skip the latency run")
+    add("--long", type=int, default=0, metavar="N", help="also run N events, RSS every 10k")
+    add("--prefetch", type=int, default=200, help="worker PREFETCH_COUNT (default 200)")
+    add("--worker-ref", help="run the worker from `git archive REF` (e.g. HEAD), not the tree")
+    add("--worker-log-level", default="info", help="worker LOG_LEVEL (default info)")
+    add("--worker-env", action="append", default=[], metavar="KEY=VALUE", help="worker env")
+    add("--out", type=Path, default=DEFAULT_OUT, help=f"report file (default {DEFAULT_OUT})")
+    return parser
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    workdir = stack.temp_workdir()
+    args.load_at_start = os.getloadavg()[0]
+    _say(f"bench: starting Soketi and MongoDB on loopback (logs in {workdir})")
+    services = await asyncio.to_thread(stack.start_services, workdir)
+    ok = False
+    try:
+        opts = Options(
+            subscribers=args.subscribers,
+            prefetch=args.prefetch,
+            worker_source=stack.worker_source(args.worker_ref, workdir),
+            worker_log_level=args.worker_log_level,
+            worker_env=args.worker_env,
+        )
+        results = await _measure(args, services, opts)
+        header = await _header(args, services)
+        text = report.render(header, report.rows(results))
+        print(text, flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        _say(f"bench: report written to {args.out}")
+        ok = all(r.lost == 0 and r.duplicated == 0 for r in results)
+        return 0 if ok else 1
+    finally:
+        with contextlib.suppress(Exception):
+            await stack.drop_databases(services)
+        services.stop()
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            _say(f"bench: logs kept in {workdir}")
+
+
+async def _measure(
+    args: argparse.Namespace, services: stack.Services, opts: Options
+) -> list[Result]:
+    base = stream.build(args.events, payload_bytes=args.payload_size)
+    steady = stream.build(
+        max(1, int(args.rate * args.duration)), payload_bytes=args.payload_size, ephemeral=True
+    )
+    results: list[Result] = []
+    for run in range(1, args.runs + 1):
+        for name in args.selected:
+            _say(f"bench: run {run}/{args.runs}: {name} …")
+            if name == "latency":
+                result = await paths.latency(services, stream.renamed(steady), opts, args.rate)
+            else:
+                result = await THROUGHPUT[name](services, stream.renamed(base), opts)
+            _say(f"bench:   {_summary(result)}")
+            results.append(result)
+    if args.long:
+        _say(f"bench: long run of {args.long} events …")
+        events = stream.build(args.long, payload_bytes=args.payload_size)
+        result = await paths.long_run(services, events, opts, say=_say)
+        _say(f"bench:   {_summary(result)}")
+        results.append(result)
+    return results
+
+
+def _summary(result: Result) -> str:
+    rate = f"{result.rate:,.0f}/s" if result.rate else "—"
+    e2e = f" (end-to-end {result.e2e_rate:,.0f}/s)" if result.e2e_rate else ""
+    return (
+        f"{result.path}: {result.events} events, {rate}{e2e}, lost {result.lost}, "
+        f"duplicated {result.duplicated}, receipts {result.receipts}"
+    )
+
+
+async def _header(args: argparse.Namespace, services: stack.Services) -> list[str]:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    channels = len(stream.watched_channels())
+    source = f"`git archive {args.worker_ref}`" if args.worker_ref else "the work tree"
+    return [
+        f"# bazaar-fanout benchmark, {now}",
+        "",
+        f"- commit {_git_describe()}; worker run from {source}",
+        f"- {args.events:,} events per throughput path (demo marketplace mix, no typing), "
+        f"chat/alert data padded to ~{args.payload_size} B; latency: {args.rate:g}/s for "
+        f"{args.duration:g} s (typing included)",
+        f"- {args.subscribers} WebSocket subscriber(s) on {channels} channels each; "
+        f"worker PREFETCH_COUNT={args.prefetch}, LOG_LEVEL={args.worker_log_level}"
+        + "".join(f", {k}={v}" for k, v in args.worker_env.items()),
+        f"- runs: {args.runs} (medians; lost/duplicated summed)",
+        f"- Soketi 1.6.1, RabbitMQ {await _rabbitmq_version(services)}, "
+        f"MongoDB: {services.mongo_kind}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPU cores, all on loopback",
+        f"- 1-minute load average {args.load_at_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end (above the core count, other work on the "
+        "machine skews absolute numbers)",
+    ]
+
+
+def _git_describe() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(stack.REPO_ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
+
+
+async def _rabbitmq_version(services: stack.Services) -> str:
+    connection = await aio_pika.connect(services.rabbitmq_url)
+    async with connection:
+        properties = connection.transport.connection.server_properties
+        version = properties.get("version", b"?")
+        return version.decode() if isinstance(version, bytes) else str(version)
