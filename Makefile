@@ -22,7 +22,7 @@ lint: install
 	$(BIN)/ruff format --check worker handlers schemas tests bench
 	$(BIN)/mypy
 
-install: $(VENV)/.installed $(SOKETI) clients/node/node_modules/.installed
+install: $(VENV)/.installed $(SOKETI) clients/node/node_modules/.installed clients/js/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ $(SOKETI): tools/soketi/package.json tools/soketi/package-lock.json
 
 clients/node/node_modules/.installed: clients/node/package.json clients/node/package-lock.json
 	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
+	touch $@
+
+clients/js/node_modules/.installed: clients/js/package.json clients/js/package-lock.json
+	npm ci --prefix clients/js --no-audit --no-fund --loglevel=error
 	touch $@
 
 clean:

@@ -12,9 +12,9 @@ import aio_pika
 import aiohttp
 import structlog
 
-from worker import broker, browser, http, mongo
+from worker import broker, browser, history, http, mongo
 from worker.batching import BatchingProcessedIds, BatchingStore, TriggerBatcher
-from worker.circuit import Circuit, Circuits
+from worker.circuit import Circuit, CircuitGate, Circuits
 from worker.config import Settings
 from worker.consumer import Consumer, SettlePaths
 from worker.errors import FanoutError
@@ -151,6 +151,7 @@ async def run(
         stack.push_async_callback(circuits.close)
         for circuit in circuits.all:
             circuit_changed(circuit)
+        soketi_gate = CircuitGate(circuits.soketi)
         consumer = Consumer(
             deps=Deps(
                 store=BatchingStore(mongo.MongoStore(gateway)),
@@ -162,6 +163,9 @@ async def run(
                 ),
                 clock=time.time,
                 ephemeral_max_age_s=settings.ephemeral_max_age_s,
+                # --- history ---: numbers and records each non-ephemeral delivery
+                history=history.recorder(gateway, settings),
+                soketi_gate=soketi_gate,
             ),
             paths=paths,
             metrics=metrics,
@@ -173,7 +177,9 @@ async def run(
             declared.queues,
             consumer.handle,
             metrics,
-            wanted=lambda: circuits.all_closed() and not stop.is_set(),
+            # Consuming goes on while Soketi is merely down: the prefetch window bounds what
+            # the worker holds, and what it holds is recorded in history for polling clients.
+            wanted=lambda: circuits.may_process() and not stop.is_set(),
         )
 
         async def check_consuming() -> str | None:
@@ -254,6 +260,7 @@ async def run(
         log.info("fanout.stopping", in_flight=consumer.in_flight)
         await subscription.stop()
         consumer.stop()
+        soketi_gate.release()
         drained = await consumer.drained(settings.drain_timeout_s)
         abandoned = await consumer.abandon()
         log.info("fanout.stopped", drained=drained, returned_to_queue=abandoned)

@@ -14,6 +14,7 @@ from typing import Any
 from aio_pika.abc import AbstractExchange
 from aiohttp import web
 
+from worker import auth, history, presence, stats
 from worker.config import Settings
 from worker.metrics import Metrics
 from worker.mongo import MongoGateway
@@ -38,4 +39,9 @@ def setup(ctx: BrowserContext) -> tuple[list[web.RouteDef], list[Task]]:
     """Every browser-side route and background task."""
     routes: list[web.RouteDef] = []
     tasks: list[Task] = []
+    routes += auth.routes(ctx)
+    routes += presence.routes(ctx)
+    tasks += presence.tasks(ctx) + stats.tasks(ctx)
+    routes += history.routes(ctx)
+    tasks += history.tasks(ctx)
     return routes, tasks

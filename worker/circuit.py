@@ -19,6 +19,7 @@ import structlog
 
 from worker.errors import (
     FanoutError,
+    Interrupted,
     Misconfigured,
     SoketiUnavailable,
     StoreUnavailable,
@@ -54,6 +55,12 @@ class Circuit:
         self._closed = asyncio.Event()
         self._closed.set()
         self._prober: asyncio.Task[None] | None = None
+        self._misconfigured = False
+
+    @property
+    def misconfigured(self) -> bool:
+        """Open because the downstream refused our credentials, not because it is down."""
+        return self.state == "open" and self._misconfigured
 
     @property
     def state(self) -> State:
@@ -85,6 +92,7 @@ class Circuit:
 
     def _open(self, error: FanoutError) -> None:
         self.reason = str(error)
+        self._misconfigured = isinstance(error, Misconfigured)
         self._closed.clear()
         if isinstance(error, Misconfigured):
             log.critical(
@@ -119,6 +127,36 @@ class Circuit:
         self._on_change(self)
 
 
+class CircuitGate:
+    """The gate in front of Soketi calls: open while the circuit is closed."""
+
+    def __init__(self, circuit: Circuit) -> None:
+        self._circuit = circuit
+        self._released = asyncio.Event()
+
+    def is_open(self) -> bool:
+        """True while the circuit is closed."""
+        return self._circuit.state == "closed"
+
+    def release(self) -> None:
+        """Shutdown: wake every waiter with ``Interrupted``."""
+        self._released.set()
+
+    async def wait(self) -> None:
+        """Return once the circuit is closed; raise ``Interrupted`` on shutdown."""
+        if self.is_open():
+            return
+        closed = asyncio.ensure_future(self._circuit.wait_closed())
+        released = asyncio.ensure_future(self._released.wait())
+        try:
+            await asyncio.wait({closed, released}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            released.cancel()
+        if not self.is_open():
+            raise Interrupted("worker stopping while Soketi was unavailable")
+
+
 class Circuits:
     """The worker's circuits by downstream, and which one an error belongs to."""
 
@@ -134,6 +172,22 @@ class Circuits:
     def all_closed(self) -> bool:
         """True when every downstream is believed healthy."""
         return all(c.state == "closed" for c in self.all)
+
+    def may_process(self) -> bool:
+        """True when messages may be processed up to the Soketi call.
+
+        An open MongoDB circuit stops everything (nothing can be checked or enriched), and so
+        do wrong Soketi credentials; while Soketi is merely down, messages are processed and
+        recorded in history, then wait at the ``CircuitGate`` before the Soketi call.
+        """
+        return self.mongodb.state == "closed" and not self.soketi.misconfigured
+
+    async def wait_may_process(self) -> None:
+        """Return once ``may_process()`` holds."""
+        while not self.may_process():
+            await self.mongodb.wait_closed()
+            if self.soketi.misconfigured:
+                await self.soketi.wait_closed()
 
     def owner(self, error: BaseException) -> Circuit | None:
         """The circuit a failure counts against, or ``None`` for errors of the message itself."""

@@ -89,10 +89,14 @@ class Settings(BrokerSettings):
     soketi_max_in_flight: int = Field(default=16, ge=1)
     mongodb_timeout_s: float = Field(default=5.0, gt=0)
     processed_retention_h: float = Field(default=72.0, gt=0)
+    history_retention_h: float = Field(default=168.0, gt=0)
     ephemeral_max_age_s: float = Field(default=10.0, gt=0)
     drain_timeout_s: float = Field(default=20.0, gt=0)
     loop_blocked_limit_s: float = Field(default=5.0, gt=0)
     queue_sample_interval_s: float = Field(default=10.0, gt=0)
+    # 0 turns the loop off (the test harness does, so unrelated tests see no extra calls).
+    presence_reconcile_s: float = Field(default=60.0, ge=0)
+    stats_interval_s: float = Field(default=5.0, ge=0)
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
 

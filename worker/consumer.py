@@ -17,7 +17,14 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from schemas import EVENT_TYPES
 from worker import broker
 from worker.circuit import Circuits
-from worker.errors import FanoutError, InvalidMessage, Misconfigured, PermanentError, TransientError
+from worker.errors import (
+    FanoutError,
+    Interrupted,
+    InvalidMessage,
+    Misconfigured,
+    PermanentError,
+    TransientError,
+)
 from worker.lanes import Lanes, lane_key
 from worker.metrics import Metrics
 from worker.pipeline import Deps, Result, process
@@ -33,12 +40,6 @@ class Settled:
     reason: str = ""
     event_type: str = "invalid"
     event_id: str | None = None
-
-
-class Interrupted(FanoutError):
-    """The worker is stopping while it held this message for an open circuit."""
-
-    reason = "shutdown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,16 +245,16 @@ class Consumer:
 
     async def _gate(self) -> bool:
         """Wait until every circuit is closed (True) or the worker stops (False)."""
-        if self.circuits.all_closed():
+        if self.circuits.may_process():
             return True
-        closed = asyncio.ensure_future(self.circuits.wait_all_closed())
+        closed = asyncio.ensure_future(self.circuits.wait_may_process())
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             closed.cancel()
             stopping.cancel()
-        return self.circuits.all_closed() and not self._stopping.is_set()
+        return self.circuits.may_process() and not self._stopping.is_set()
 
     async def drained(self, timeout_s: float) -> bool:
         """Wait until no message is in flight, at most ``timeout_s``; say whether it happened."""

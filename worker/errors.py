@@ -10,8 +10,9 @@
      ├── TransientError        -> retry with backoff, then dead-letter ``retries_exhausted``
      │    ├── SoketiUnavailable     connection refused/reset, timeout, 5xx, 429
      │    └── StoreUnavailable      MongoDB unreachable or timing out
-     └── Misconfigured         -> stop consuming and say so loudly; the message goes back
-                                  to the queue untouched (Soketi says 401/403: wrong credentials)
+     ├── Misconfigured         -> stop consuming and say so loudly; the message goes back
+     │                            to the queue untouched (Soketi says 401/403: wrong credentials)
+     └── Interrupted           -> the worker stops while holding the message: back to the queue
 
 Every message is one line for humans and must never contain a secret.
 """
@@ -71,6 +72,12 @@ class StoreUnavailable(TransientError):
     """MongoDB could not be reached or timed out."""
 
     reason = "store_unavailable"
+
+
+class Interrupted(FanoutError):
+    """The worker is stopping while it held a message for an open circuit: requeue it."""
+
+    reason = "shutdown"
 
 
 class Misconfigured(FanoutError):

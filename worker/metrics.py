@@ -127,7 +127,7 @@ class Metrics:
             auth_requests=Counter(
                 f"{PREFIX}_auth_requests",
                 "Channel and user authorization requests by endpoint (channel, user) and "
-                "outcome (allowed, unauthenticated, forbidden, invalid).",
+                "outcome (allowed, unauthenticated, forbidden, invalid, unavailable).",
                 ("endpoint", "outcome"),
                 registry=reg,
             ),

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from bson import ObjectId
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
@@ -229,3 +230,274 @@ class ProcessedLog:
             return int(result.deleted_count)
 
         return await self._gateway.run("dedup sweep", query)
+
+
+PRESENCE = "fanout_presence"
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceState:
+    """One account's stored state (``_id`` ``user:{id}`` / ``seller:{id}``) and since when."""
+
+    key: str
+    online: bool
+    since: datetime
+
+
+class PresenceStore:
+    """Online state per account (collection ``fanout_presence``), changed by compare-and-set.
+
+    ``since`` is the state's version: a change names the state it replaces, so of two
+    concurrent changes from the same state only one is stored.
+    """
+
+    def __init__(self, gateway: MongoGateway) -> None:
+        self._gateway = gateway
+
+    @property
+    def _collection(self) -> Any:
+        return self._gateway.db[PRESENCE]
+
+    async def get(self, key: str) -> PresenceState | None:
+        """The stored state of ``key``, or ``None`` when it was never seen."""
+
+        async def query() -> Document | None:
+            doc: Document | None = await self._collection.find_one({"_id": key})
+            return doc
+
+        doc = await self._gateway.run("presence get", query)
+        return None if doc is None else _presence(doc)
+
+    async def online(self) -> list[PresenceState]:
+        """Every account stored as online."""
+
+        async def query() -> list[Document]:
+            docs: list[Document] = await self._collection.find({"online": True}).to_list(None)
+            return docs
+
+        return [_presence(doc) for doc in await self._gateway.run("presence online", query)]
+
+    async def many(self, keys: Collection[str]) -> dict[str, PresenceState]:
+        """The stored states of ``keys`` (absent ones are left out)."""
+        if not keys:
+            return {}
+        filter_ = {"_id": {"$in": sorted(set(keys))}}
+
+        async def query() -> list[Document]:
+            docs: list[Document] = await self._collection.find(filter_).to_list(None)
+            return docs
+
+        states = [_presence(doc) for doc in await self._gateway.run("presence many", query)]
+        return {state.key: state for state in states}
+
+    async def change(
+        self, key: str, previous: PresenceState | None, online: bool, since: datetime
+    ) -> bool:
+        """Store ``online`` from ``since`` if ``key`` is still ``previous``; say whether it was."""
+        # Whole-document replaces: the nx-27017 stand-in turns ``$set`` booleans and dates
+        # into 0/1 and strings, and MongoDB treats both forms alike.
+        document = {"_id": key, "online": online, "since": since}
+
+        async def query() -> bool:
+            if previous is not None:
+                filter_ = {"_id": key, "online": previous.online, "since": previous.since}
+                result = await self._collection.replace_one(filter_, document)
+                return bool(result.modified_count)
+            try:
+                # Matches nothing when the document exists, so the upsert's insert collides.
+                result = await self._collection.replace_one(
+                    {"_id": key, "since": {"$exists": False}}, document, upsert=True
+                )
+            except PyMongoError as error:
+                if getattr(error, "code", None) == _DUPLICATE_KEY:
+                    return False  # another writer created it first
+                raise
+            return result.upserted_id is not None or bool(result.modified_count)
+
+        return await self._gateway.run("presence change", query)
+
+    async def count_online(self) -> int:
+        """How many accounts are stored as online."""
+
+        async def query() -> int:
+            return int(await self._collection.count_documents({"online": True}))
+
+        return await self._gateway.run("presence count", query)
+
+
+def _presence(doc: Document) -> PresenceState:
+    since = doc.get("since")
+    if not isinstance(since, datetime):
+        since = datetime.fromtimestamp(0, UTC)
+    elif since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return PresenceState(key=str(doc["_id"]), online=bool(doc.get("online")), since=since)
+
+
+class AccessStore:
+    """Conversation members and order parties (contract section 4), for channel authorization.
+
+    Ids may be stored as ObjectId or string; every id comes back as a string.
+    """
+
+    def __init__(self, gateway: MongoGateway) -> None:
+        self._gateway = gateway
+
+    async def conversation_members(self, conversation_id: str) -> frozenset[str] | None:
+        """The members of a conversation, or ``None`` when there is no such conversation."""
+        docs = await self._gateway.find_by_ids("conversations", [conversation_id], ("members",))
+        doc = docs.get(conversation_id)
+        return None if doc is None else _id_set(doc.get("members"))
+
+    async def order_parties(self, order_id: str) -> tuple[str | None, frozenset[str]] | None:
+        """An order's ``(customerId, shopIds)``, or ``None`` when there is no such order."""
+        docs = await self._gateway.find_by_ids("orders", [order_id], ("customerId", "shopIds"))
+        doc = docs.get(order_id)
+        if doc is None:
+            return None
+        return _text(doc.get("customerId")), _id_set(doc.get("shopIds"))
+
+
+def _id_set(values: object) -> frozenset[str]:
+    if not isinstance(values, list):
+        return frozenset()
+    return frozenset(str(value) for value in values if value is not None)
+
+
+HISTORY = "fanout_history"
+CURSORS = "fanout_cursors"
+
+
+class HistoryLog:
+    """Channel history (``fanout_history``) and its per-channel counters (``fanout_cursors``).
+
+    A counter is one document per channel, ``{_id: channel, seq}``, advanced with ``$inc`` so
+    that concurrent workers never hand out the same number; counters are never deleted, so
+    numbers never go back. An entry's ``_id`` is ``{eventId}:{channel}``: a retried event
+    finds its entry instead of writing a second one. A unique ``(channel, seq)`` index guards
+    the numbering; ``at`` carries a TTL index for real MongoDB, and ``sweep`` deletes expired
+    entries too, for servers without TTL.
+    """
+
+    def __init__(self, gateway: MongoGateway, retention_s: float) -> None:
+        self._gateway = gateway
+        self.retention = timedelta(seconds=retention_s)
+
+    @property
+    def _entries(self) -> Any:
+        return self._gateway.db[HISTORY]
+
+    @property
+    def _counters(self) -> Any:
+        return self._gateway.db[CURSORS]
+
+    async def ensure_indexes(self) -> None:
+        """Create the numbering and retention indexes (idempotent)."""
+        ttl_s = max(1, round(self.retention.total_seconds()))
+
+        async def query() -> None:
+            await self._entries.create_index(
+                [("channel", 1), ("seq", 1)], unique=True, name="channel_seq"
+            )
+            await self._entries.create_index("at", expireAfterSeconds=ttl_s, name="at_ttl")
+
+        await self._gateway.run("create index", query)
+
+    async def allocate(self, channel: str, count: int) -> int:
+        """Reserve ``count`` numbers on ``channel``'s counter; return the last of them."""
+
+        async def query() -> int:
+            doc = await self._counters.find_one_and_update(
+                {"_id": channel},
+                {"$inc": {"seq": count}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+            return int(doc["seq"])
+
+        return await self._gateway.run("history allocate", query)
+
+    async def find(self, ids: Collection[str]) -> dict[str, Document]:
+        """Entries by ``_id``."""
+        if not ids:
+            return {}
+        filter_ = {"_id": {"$in": sorted(set(ids))}}
+
+        async def query() -> list[Document]:
+            docs: list[Document] = await self._entries.find(filter_).to_list(None)
+            return docs
+
+        return {str(doc["_id"]): doc for doc in await self._gateway.run("history find", query)}
+
+    async def insert(self, docs: Collection[Document]) -> set[str]:
+        """Insert ``docs``; return the ids refused as duplicates, which are left untouched."""
+        if not docs:
+            return set()
+        ordered = list(docs)
+
+        async def query() -> set[str]:
+            try:
+                await self._entries.insert_many(ordered, ordered=False)
+            except BulkWriteError as error:
+                errors = error.details.get("writeErrors", [])
+                if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                    raise StoreUnavailable("MongoDB rejected a history write") from error
+                return {str(ordered[e["index"]]["_id"]) for e in errors}
+            return set()
+
+        return await self._gateway.run("history insert", query)
+
+    async def catch_up(self, channel: str) -> None:
+        """Move ``channel``'s counter past its newest entry (after a counter was lost)."""
+
+        async def query() -> None:
+            newest = await self._entries.find_one(
+                {"channel": channel}, {"seq": 1}, sort=[("seq", -1)]
+            )
+            if newest is not None:
+                await self._counters.update_one(
+                    {"_id": channel}, {"$max": {"seq": int(newest["seq"])}}, upsert=True
+                )
+
+        await self._gateway.run("history catch up", query)
+
+    async def after(self, channel: str, seq: int | None, limit: int) -> list[Document]:
+        """Up to ``limit`` entries of ``channel`` numbered above ``seq``, oldest first."""
+        filter_: Document = {"channel": channel}
+        if seq is not None:
+            filter_["seq"] = {"$gt": seq}
+
+        async def query() -> list[Document]:
+            cursor = self._entries.find(filter_).sort("seq", 1).limit(limit)
+            docs: list[Document] = await cursor.to_list(None)
+            return docs
+
+        return await self._gateway.run("history read", query)
+
+    async def retains_through(self, channel: str, seq: int) -> bool:
+        """Whether an entry of ``channel`` numbered ``seq`` or lower is still kept."""
+
+        async def query() -> bool:
+            filter_ = {"channel": channel, "seq": {"$lte": seq}}
+            return await self._entries.find_one(filter_, {"_id": 1}) is not None
+
+        return await self._gateway.run("history read", query)
+
+    async def last_allocated(self, channel: str) -> int:
+        """The last number handed out on ``channel`` (0 before its first entry)."""
+
+        async def query() -> int:
+            doc = await self._counters.find_one({"_id": channel})
+            return 0 if doc is None else int(doc["seq"])
+
+        return await self._gateway.run("history read", query)
+
+    async def sweep(self, *, now: datetime | None = None) -> int:
+        """Delete entries older than the retention; return how many went."""
+        cutoff = (now or datetime.now(UTC)) - self.retention
+
+        async def query() -> int:
+            result = await self._entries.delete_many({"at": {"$lt": cutoff}})
+            return int(result.deleted_count)
+
+        return await self._gateway.run("history sweep", query)

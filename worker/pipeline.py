@@ -1,5 +1,8 @@
 """Processing one message: parse -> drop stale | skip duplicate -> load -> decide -> deliver.
 
+Deliveries of non-ephemeral events are numbered and recorded in history (``Deps.history``)
+between decide and deliver, so every payload carries its channel cursor.
+
 Nothing here acks, rejects or publishes: the consumer's ``settle`` does that, driven by the
 ``Result`` returned or the ``FanoutError`` raised.
 """
@@ -35,6 +38,20 @@ class Deliverer(Protocol):
     async def deliver(
         self, deliveries: Sequence[Delivery], socket_id: str | None = None
     ) -> int: ...
+
+
+class Recorder(Protocol):
+    """Numbers and records deliveries before they go out (``worker.history.History``)."""
+
+    async def stamp(self, event: Event, deliveries: Sequence[Delivery]) -> list[Delivery]: ...
+
+
+class NoHistory:
+    """A ``Recorder`` that records nothing and leaves deliveries as they are."""
+
+    async def stamp(self, event: Event, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """``deliveries`` unchanged."""
+        return list(deliveries)
 
 
 class InFlightIds:
@@ -89,6 +106,25 @@ class Unrecorded:
         self._pushed.pop(event_id, None)
 
 
+class Gate(Protocol):
+    """Whether Soketi may be called now; ``wait`` returns once it may (or raises on shutdown)."""
+
+    def is_open(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+
+class OpenGate:
+    """A gate that never closes (tests, tools)."""
+
+    def is_open(self) -> bool:
+        """Always open."""
+        return True
+
+    async def wait(self) -> None:
+        """Never waits."""
+
+
 @dataclass(frozen=True, slots=True)
 class Deps:
     """The collaborators processing needs, typed by protocol."""
@@ -100,6 +136,8 @@ class Deps:
     ephemeral_max_age_s: float = 10.0
     in_flight: InFlightIds = field(default_factory=InFlightIds)
     unrecorded: Unrecorded = field(default_factory=Unrecorded)
+    history: Recorder = field(default_factory=NoHistory)
+    soketi_gate: Gate = field(default_factory=OpenGate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +180,9 @@ async def _deliver_once(event: Event, deps: Deps) -> Result:
             handler = route(event)
             deliveries = handler.decide(event, await handler.load(event, deps.store))
             if deliveries:
+                deliveries = await deps.history.stamp(event, deliveries)
+                # Recorded first: while Soketi is down, polling clients already see it.
+                await deps.soketi_gate.wait()
                 await deps.soketi.deliver(deliveries, event.socket_id)
             pushed = (len(deliveries), deps.clock() - event.timestamp_ms / 1000)
         try:
@@ -159,6 +200,8 @@ async def _process_ephemeral(event: Event, deps: Deps) -> Result:
     age_s = deps.clock() - event.timestamp_ms / 1000
     if age_s > deps.ephemeral_max_age_s:
         return Result(event, "dropped", age_s=age_s, detail="stale")
+    if not deps.soketi_gate.is_open():
+        return Result(event, "dropped", age_s=age_s, detail="soketi_unavailable")
     try:
         return await _deliver_once(event, deps)
     except TransientError as error:

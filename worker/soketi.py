@@ -237,15 +237,21 @@ class SoketiClient:
         """Like ``ping`` but a single attempt: the circuit breaker does its own backoff."""
         await self._send_once("GET", f"/apps/{self._creds.app_id}/channels", b"")
 
-    async def call(self, method: str, path: str, body: bytes) -> Any:
+    async def call(
+        self, method: str, path: str, body: bytes, params: Mapping[str, str] | None = None
+    ) -> Any:
         """Send one signed call with short jittered retries on transient failures."""
         async for attempt in retrying(self._retry, SoketiUnavailable):
             with attempt:
-                return await self._send_once(method, path, body)
+                return await self._send_once(method, path, body, params)
         raise AssertionError("unreachable: retrying re-raises the last error")  # pragma: no cover
 
-    async def _send_once(self, method: str, path: str, body: bytes) -> Any:
-        request = sign_request(self._creds, method, path, body, timestamp=int(self._clock()))
+    async def _send_once(
+        self, method: str, path: str, body: bytes, params: Mapping[str, str] | None = None
+    ) -> Any:
+        request = sign_request(
+            self._creds, method, path, body, timestamp=int(self._clock()), params=params
+        )
         url = f"{self._base_url}{request.path}?{request.query}"
         headers = {"Content-Type": "application/json"} if body else {}
         started = time.perf_counter()
@@ -261,6 +267,13 @@ class SoketiClient:
         self._observe(status, started)
         classify_response(status, raw)
         return orjson.loads(raw) if raw else None
+
+    async def occupied_channels(self, prefix: str) -> set[str]:
+        """Names of the occupied channels starting with ``prefix`` (signed ``GET /channels``)."""
+        path = f"/apps/{self._creds.app_id}/channels"
+        answer = await self.call("GET", path, b"", {"filter_by_prefix": prefix})
+        channels = answer.get("channels") if isinstance(answer, dict) else None
+        return set(channels) if isinstance(channels, dict) else set()
 
     def _observe(self, status: int, started: float) -> None:
         if self._on_response is not None:

@@ -170,7 +170,10 @@ async def running_worker(
         soketi_host=soketi.host,
         soketi_port=overrides.pop("soketi_port", soketi.port),
         http_host="127.0.0.1",
-        http_port=0,
+        http_port=overrides.pop("http_port", 0),
+        # Off unless a test asks: they call Soketi and post to private-admin on their own.
+        presence_reconcile_s=overrides.pop("presence_reconcile_s", 0),
+        stats_interval_s=overrides.pop("stats_interval_s", 0),
         retry_delays_s=overrides.pop("retry_delays_s", (1, 2)),
         **overrides,
     )

@@ -65,6 +65,9 @@ def worker_env(
         # The ``names`` fixture cleans up the tiers of Names.retry_delays_s.
         "RETRY_DELAYS_S": ",".join(str(d) for d in names.retry_delays_s),
         "LOG_FORMAT": "json",
+        # No stats-update on private-admin or presence calls to Soketi unless a test asks.
+        "STATS_INTERVAL_S": "0",
+        "PRESENCE_RECONCILE_S": "0",
         **extra,
     }
 

@@ -139,7 +139,8 @@ async def test_readiness_flips_with_a_soketi_outage(fanout: Fanout, soketi_proxy
     assert status == 503
     assert body["checks"]["soketi"].startswith("circuit open")
     assert body["checks"]["mongodb"] == "ok"
-    assert body["checks"]["consumer"] == "not consuming"
+    # Consuming goes on (bounded by the prefetch window): held events reach history.
+    assert body["checks"]["consumer"] == "ok"
     assert (await _get(fanout, "/healthz"))[0] == 200
     await soketi_proxy.restore()
     await wait_until(

@@ -1,0 +1,140 @@
+"""Who may subscribe to which channel (contract section 5): exact names, a pure decision.
+
+``parse_channel`` reads a name into a :class:`ChannelRef` or refuses it; ``load_facts``
+awaits the few MongoDB facts a name needs (a conversation's members, an order's parties);
+``decide`` has no ``await``, no clock and no globals, and is tested with tables of cases.
+
+=============================  ==============================================
+channel                        allowed
+=============================  ==============================================
+``private-user-{id}``          role ``user`` or ``admin`` with that id
+``private-seller-{id}``        role ``seller`` with that id
+``private-admin``              role ``admin``
+``private-chat-{id}``          any subject whose id is among the members
+``private-order-{id}``         its customer (``user``), one of its shops
+                               (``seller``), or any ``admin``
+``public``                     never asked (pusher-js does not): refused
+anything else                  refused
+=============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal, Protocol
+
+from schemas.base import ID_PATTERN
+from worker.auth.tokens import Subject
+
+Kind = Literal["user", "seller", "admin", "chat", "order"]
+
+_ID_BODY: Final = ID_PATTERN.removeprefix("^").removesuffix("$")
+# One exact shape per kind; ``fullmatch`` means nothing may precede or follow the id.
+_PATTERNS: Final[tuple[tuple[Kind, re.Pattern[str]], ...]] = (
+    ("user", re.compile(rf"private-user-({_ID_BODY})", re.ASCII)),
+    ("seller", re.compile(rf"private-seller-({_ID_BODY})", re.ASCII)),
+    ("chat", re.compile(rf"private-chat-({_ID_BODY})", re.ASCII)),
+    ("order", re.compile(rf"private-order-({_ID_BODY})", re.ASCII)),
+)
+_ADMIN: Final = "private-admin"
+_PUBLIC: Final = "public"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRef:
+    """A channel name read exactly: its kind and the id it carries (``""`` for admin)."""
+
+    kind: Kind
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderParties:
+    """Who an order belongs to: the customer's id and its shops' ids, as strings."""
+
+    customer_id: str | None
+    shop_ids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What MongoDB said about the channel's conversation or order; absent means not found."""
+
+    members: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    orders: Mapping[str, OrderParties] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Whether the subject may subscribe, and a short machine reason either way."""
+
+    allowed: bool
+    reason: str
+
+
+class AccessLookups(Protocol):
+    """The MongoDB reads channel authorization needs (``worker.mongo.AccessStore``)."""
+
+    async def conversation_members(self, conversation_id: str) -> frozenset[str] | None: ...
+
+    async def order_parties(self, order_id: str) -> tuple[str | None, frozenset[str]] | None: ...
+
+
+def parse_channel(name: str) -> ChannelRef | None:
+    """The exact reading of ``name``, or ``None`` when it is no channel we authorize."""
+    if name == _ADMIN:
+        return ChannelRef("admin", "")
+    for kind, pattern in _PATTERNS:
+        match = pattern.fullmatch(name)
+        if match is not None:
+            return ChannelRef(kind, match.group(1))
+    return None
+
+
+async def load_facts(ref: ChannelRef | None, lookups: AccessLookups) -> Facts:
+    """Read only what ``ref`` needs: a conversation's members or an order's parties."""
+    if ref is None:
+        return Facts()
+    if ref.kind == "chat":
+        members = await lookups.conversation_members(ref.id)
+        return Facts(members={} if members is None else {ref.id: members})
+    if ref.kind == "order":
+        parties = await lookups.order_parties(ref.id)
+        if parties is None:
+            return Facts()
+        customer_id, shop_ids = parties
+        return Facts(orders={ref.id: OrderParties(customer_id, shop_ids)})
+    return Facts()
+
+
+def decide(subject: Subject, channel: str, facts: Facts) -> Decision:
+    """Whether ``subject`` may subscribe to ``channel``, given ``facts`` from MongoDB."""
+    if channel == _PUBLIC:
+        return Decision(False, "public_channel_needs_no_auth")
+    ref = parse_channel(channel)
+    if ref is None:
+        return Decision(False, "unknown_channel")
+    if ref.kind == "admin":
+        return _when(subject.role == "admin", "admin_only")
+    if ref.kind == "user":
+        # Contract section 5: "role user or admin with that id" - an admin's own channel only.
+        return _when(subject.role in ("user", "admin") and subject.id == ref.id, "not_your_channel")
+    if ref.kind == "seller":
+        return _when(subject.role == "seller" and subject.id == ref.id, "not_your_channel")
+    if ref.kind == "chat":
+        # Not found and not a member answer alike, so ids cannot be probed.
+        return _when(subject.id in facts.members.get(ref.id, frozenset()), "not_a_member")
+    parties = facts.orders.get(ref.id)
+    if subject.role == "admin":
+        return Decision(True, "allowed")
+    if parties is None:
+        return Decision(False, "not_an_order_party")
+    customer = subject.role == "user" and subject.id == parties.customer_id
+    shop = subject.role == "seller" and subject.id in parties.shop_ids
+    return _when(customer or shop, "not_an_order_party")
+
+
+def _when(allowed: bool, refusal: str) -> Decision:
+    return Decision(True, "allowed") if allowed else Decision(False, refusal)
