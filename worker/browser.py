@@ -14,7 +14,7 @@ from typing import Any
 from aio_pika.abc import AbstractExchange
 from aiohttp import web
 
-from worker import auth, history, presence, stats
+from worker import auth, console, history, presence, stats
 from worker.config import Settings
 from worker.metrics import Metrics
 from worker.mongo import MongoGateway
@@ -44,4 +44,5 @@ def setup(ctx: BrowserContext) -> tuple[list[web.RouteDef], list[Task]]:
     tasks += presence.tasks(ctx) + stats.tasks(ctx)
     routes += history.routes(ctx)
     tasks += history.tasks(ctx)
-    return routes, tasks
+    console_routes, console_tasks = console.setup(ctx)
+    return routes + console_routes, tasks + console_tasks

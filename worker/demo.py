@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
+import jwt
 from pymongo import AsyncMongoClient
 
 from worker import app, devstack
@@ -109,6 +110,8 @@ def _start_stack() -> Stack:
         http_host="127.0.0.1",
         http_port=int(os.environ.get("HTTP_PORT", "0")),
         retry_delays_s=(2, 5, 15),
+        # A random local secret: the console's demo tokens are valid for this run only.
+        auth_jwt_secret=secrets.token_hex(32),
         log_format="console",
         log_level="warning",
     )
@@ -137,6 +140,14 @@ async def _seed(settings: Settings) -> None:
                     for i, n, s, _ in PRODUCTS
                 ],
             ),
+            (
+                "conversations",
+                [
+                    {"_id": f"conv-{c}-{s}", "members": [c, s]}
+                    for c, _ in CUSTOMERS
+                    for s, _ in SHOPS
+                ],
+            ),
         ):
             for doc in docs:
                 await db[collection].replace_one({"_id": doc["_id"]}, doc, upsert=True)
@@ -154,6 +165,7 @@ async def _run(stack: Stack, duration_s: float, rate: float) -> int:
     try:
         info = await asyncio.wait_for(asyncio.shield(started), 30)
         _say(f"Worker     http://127.0.0.1:{info.http_port}/metrics  /readyz  /healthz")
+        _say(f"Console    {console_url(stack.settings, info.http_port)}")
         watcher = await _watch(stack)
         _say("Publishing a marketplace stream; Ctrl-C stops.\n")
         printer = asyncio.create_task(_print_received(watcher), name="printer")
@@ -173,6 +185,27 @@ async def _run(stack: Stack, duration_s: float, rate: float) -> int:
             await watcher.close()
         stop.set()
         await worker
+
+
+def console_url(settings: Settings, http_port: int, ttl_s: float = 12 * 3600) -> str:
+    """The console's address with a demo token per pane in its fragment (never sent to servers)."""
+    secret = settings.auth_jwt_secret
+    assert secret is not None
+    expires = int(time.time() + ttl_s)
+
+    def mint(sub: str, role: str) -> str:
+        claims = {"sub": sub, "role": role, "exp": expires}
+        return jwt.encode(claims, secret.get_secret_value(), algorithm="HS256")
+
+    fragment = "&".join(
+        (
+            f"admin={mint('admin-demo', 'admin')}",
+            f"seller={mint(WATCHED_SHOP, 'seller')}",
+            f"customer={mint(WATCHED_CUSTOMER, 'user')}",
+            f"chat=conv-{WATCHED_CUSTOMER}-{WATCHED_SHOP}",
+        )
+    )
+    return f"http://127.0.0.1:{http_port}/console#{fragment}"
 
 
 async def _watch(stack: Stack) -> PusherSubscriber:
@@ -348,6 +381,14 @@ def _marketplace(rng: random.Random) -> Iterator[dict[str, Any]]:
             yield _env(
                 "typing.stopped",
                 {"conversationId": conversation, "userId": customer[0], "userType": "user"},
+            )
+            yield _env(
+                "typing.started",
+                {"conversationId": conversation, "userId": shop[0], "userType": "seller"},
+            )
+            yield _env(
+                "typing.stopped",
+                {"conversationId": conversation, "userId": shop[0], "userType": "seller"},
             )
             yield _env(
                 "message.created",

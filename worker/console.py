@@ -1,0 +1,427 @@
+"""The web console at ``/console``: live panes through ``clients/js``, and an ops pane.
+
+::
+
+    GET  /console                   the page (no external requests: everything is served here)
+    GET  /console/static/{file}     its CSS and JS (worker/console_static/)
+    GET  /console/vendor/{file}     pusher-js's web build and clients/js's source, from npm
+    GET  /console/config.json       what the page needs to reach Soketi (app key, host, port)
+    GET  /console/api/ops           throughput by outcome, event age, circuits, queue depths
+    GET  /console/api/dlq           the dead letters
+    POST /console/api/dlq/replay    {"ids": [...]} | {"reason": R, "type": T} | {"all": true}
+    POST /console/api/dlq/purge     the same selections
+    POST /console/api/publish       {"type": T, "data": {...}}: validated, then published
+
+Every ``/console/api/`` call needs an admin token (``Authorization: Bearer``); each
+operator action is logged with the operator's subject (``console.operator_action``).
+The live panes use the normal ``/pusher/auth`` and history endpoints with their own tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import itertools
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+import structlog
+from aiohttp import web
+
+from worker import auth, dlq
+from worker.metrics import PREFIX, Metrics
+from worker.publish import UsageError, complete, message_of, validate
+
+if TYPE_CHECKING:
+    from worker.browser import BrowserContext, Task
+
+log = structlog.get_logger("fanout")
+
+STATIC_DIR: Final = Path(__file__).parent / "console_static"
+#: clients/js with its npm dependencies (``make install``); pusher-js is vendored from there.
+JS_CLIENT_DIR: Final = Path(__file__).parents[1] / "clients" / "js"
+VENDOR: Final = {
+    "pusher.min.js": JS_CLIENT_DIR
+    / "node_modules"
+    / "pusher-js"
+    / "dist"
+    / "web"
+    / "pusher.min.js",
+    "realtime/index.js": JS_CLIENT_DIR / "src" / "index.js",
+    "realtime/http.js": JS_CLIENT_DIR / "src" / "http.js",
+    "realtime/seen.js": JS_CLIENT_DIR / "src" / "seen.js",
+}
+STATIC_FILES: Final = {
+    "console.css": "text/css",
+    "console.js": "text/javascript",
+    "panes.js": "text/javascript",
+    "ops.js": "text/javascript",
+    "pusher-esm.js": "text/javascript",
+}
+SAMPLE_INTERVAL_S: Final = 5.0
+WINDOW_S: Final = 600.0
+AGE_WINDOW_S: Final = 60.0
+DOWNSTREAMS: Final = ("soketi", "mongodb")
+DLQ_LIST_LIMIT: Final = 500
+MAX_BODY_BYTES: Final = 64 * 1024
+_NO_STORE: Final = {"Cache-Control": "no-store"}
+# The page's own scripts only; connect-src allows the WebSocket to Soketi wherever it is.
+_CSP: Final = (
+    "default-src 'self'; script-src 'self' 'sha256-{importmap}'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- ops summary (pure) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Cumulative counters at one moment: settled messages by outcome, event-age buckets."""
+
+    at_s: float
+    outcomes: Mapping[str, float]
+    age_buckets: tuple[tuple[float, float], ...]
+
+
+def take_sample(metrics: Metrics, at_s: float) -> Sample:
+    """Read the counters a throughput chart and an age estimate need."""
+    outcomes: dict[str, float] = {}
+    for metric in metrics.messages.collect():
+        for s in metric.samples:
+            if s.name.endswith("_total"):
+                outcome = s.labels["outcome"]
+                outcomes[outcome] = outcomes.get(outcome, 0.0) + s.value
+    buckets: list[tuple[float, float]] = []
+    for metric in metrics.event_age_seconds.collect():
+        for s in metric.samples:
+            if s.name.endswith("_bucket"):
+                buckets.append((float(s.labels["le"]), s.value))
+    return Sample(at_s, outcomes, tuple(buckets))
+
+
+def series(samples: list[Sample]) -> list[dict[str, Any]]:
+    """Messages settled per outcome between consecutive samples, oldest first."""
+    points = []
+    for before, after in itertools.pairwise(samples):
+        outcomes = {
+            name: max(0.0, value - before.outcomes.get(name, 0.0))
+            for name, value in after.outcomes.items()
+        }
+        points.append(
+            {
+                "at": int(after.at_s * 1000),
+                "seconds": after.at_s - before.at_s,
+                "outcomes": outcomes,
+            }
+        )
+    return points
+
+
+def age_quantile(before: Sample, after: Sample, q: float) -> float | None:
+    """Upper bucket bound of the ``q`` quantile of event ages observed between two samples."""
+    earlier = dict(before.age_buckets)
+    deltas = [(le, count - earlier.get(le, 0.0)) for le, count in after.age_buckets]
+    total = deltas[-1][1] if deltas else 0.0
+    if total <= 0:
+        return None
+    for le, count in deltas:
+        if count >= q * total:
+            return le
+    return None
+
+
+def gauge_values(metrics: Metrics, name: str, label: str) -> dict[str, float]:
+    """Every sample of gauge ``name`` by its ``label``."""
+    found: dict[str, float] = {}
+    for metric in metrics.registry.collect():
+        for s in metric.samples:
+            if s.name == name and label in s.labels:
+                found[s.labels[label]] = s.value
+    return found
+
+
+class Sampler:
+    """Keeps ``WINDOW_S`` of samples, taken every ``SAMPLE_INTERVAL_S`` by a background task."""
+
+    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._samples: deque[Sample] = deque(maxlen=int(WINDOW_S / SAMPLE_INTERVAL_S) + 1)
+        self._samples.append(take_sample(metrics, clock()))
+
+    def take(self) -> None:
+        """Add a sample now."""
+        self._samples.append(take_sample(self._metrics, self._clock()))
+
+    async def run_forever(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            await asyncio.sleep(SAMPLE_INTERVAL_S)
+            self.take()
+
+    def summary(self) -> dict[str, Any]:
+        """What ``GET /console/api/ops`` answers."""
+        now = take_sample(self._metrics, self._clock())
+        samples = [*self._samples, now]
+        recent = [s for s in samples if s.at_s >= now.at_s - AGE_WINDOW_S] or [now]
+        oldest = recent[0] if len(recent) > 1 else samples[0]
+        metrics = self._metrics
+        circuits = gauge_values(metrics, f"{PREFIX}_circuit_open", "downstream")
+        return {
+            "now": int(now.at_s * 1000),
+            "totals": dict(now.outcomes),
+            "series": series(samples),
+            "eventAge": {
+                "p50": age_quantile(oldest, now, 0.5),
+                "p95": age_quantile(oldest, now, 0.95),
+                "windowSeconds": AGE_WINDOW_S,
+            },
+            "circuits": {
+                name: "open" if circuits.get(name, 0.0) >= 1 else "closed"
+                for name in sorted({*DOWNSTREAMS, *circuits})
+            },
+            "queues": gauge_values(metrics, f"{PREFIX}_queue_messages", "queue"),
+            "inFlight": metrics.registry.get_sample_value(f"{PREFIX}_in_flight_messages") or 0,
+            "consuming": (metrics.registry.get_sample_value(f"{PREFIX}_consumer_up") or 0) >= 1,
+        }
+
+
+# -- HTTP -------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An answer other than 200: status and a short machine code."""
+
+    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+def selection_of(body: Mapping[str, Any]) -> dlq.Selection:
+    """A DLQ selection from ``{"ids": [...]}``, ``{"reason", "type"}`` or ``{"all": true}``."""
+    ids = body.get("ids") or []
+    reason, event_type = body.get("reason") or None, body.get("type") or None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ApiError(400, "invalid_selection", "ids must be a list of strings")
+    if not all(v is None or isinstance(v, str) for v in (reason, event_type)):
+        raise ApiError(400, "invalid_selection", "reason and type are strings")
+    selection = dlq.Selection(
+        ids=tuple(ids), reason=reason, event_type=event_type, everything=body.get("all") is True
+    )
+    if selection.is_empty:
+        raise ApiError(400, "empty_selection", "give ids, a reason, a type, or all")
+    return selection
+
+
+class Console:
+    """The console's handlers for one worker process."""
+
+    def __init__(self, ctx: BrowserContext, sampler: Sampler) -> None:
+        self._ctx = ctx
+        self._sampler = sampler
+        self._secret = auth.jwt_secret(ctx)
+        # basic.get browsing holds messages unacked: one DLQ operation at a time.
+        self._dlq_lock = asyncio.Lock()
+        self._html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        self._page_headers = _page_headers(self._html)
+
+    # -- the page --
+
+    async def page(self, _: web.Request) -> web.StreamResponse:
+        """The console's HTML."""
+        return web.Response(text=self._html, content_type="text/html", headers=self._page_headers)
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        """The page's own CSS and JS (a fixed list: no path from the request reaches the disk)."""
+        name = request.match_info["file"]
+        if name not in STATIC_FILES:
+            raise web.HTTPNotFound()
+        return web.FileResponse(STATIC_DIR / name, headers={"Content-Type": STATIC_FILES[name]})
+
+    async def vendor(self, request: web.Request) -> web.StreamResponse:
+        """pusher-js and clients/js, from where ``make install`` put them."""
+        path = VENDOR.get(request.match_info["file"])
+        if path is None:
+            raise web.HTTPNotFound()
+        if not path.is_file():
+            return web.Response(status=503, text=f"{path.name} is missing: run `make install`\n")
+        return web.FileResponse(path, headers={"Content-Type": "text/javascript"})
+
+    async def config(self, _: web.Request) -> web.StreamResponse:
+        """Soketi's address and app key as the page must use them."""
+        settings = self._ctx.settings
+        return web.json_response(
+            {
+                "key": settings.soketi_app_key,
+                "wsHost": settings.soketi_host,
+                "wsPort": settings.soketi_port,
+                "forceTLS": settings.soketi_use_tls,
+                "authEnabled": self._secret is not None,
+            },
+            headers=_NO_STORE,
+        )
+
+    # -- the API --
+
+    def api(self, action: str, handler: Callable[[web.Request, str], Awaitable[Any]]) -> Handler:
+        """Wrap ``handler`` with the admin check, JSON answers and the audit line."""
+
+        async def view(request: web.Request) -> web.StreamResponse:
+            operator = None
+            try:
+                operator = self._operator(request)
+                result = await handler(request, operator)
+            except ApiError as error:
+                if request.method != "GET":
+                    log.info(
+                        "console.operator_action",
+                        action=action,
+                        operator=operator,
+                        status=error.status,
+                        reason=error.reason,
+                    )
+                body = {"error": error.reason} | ({"detail": error.detail} if error.detail else {})
+                return web.json_response(body, status=error.status, headers=_NO_STORE)
+            return web.json_response(result, headers=_NO_STORE, dumps=_dumps)
+
+        return view
+
+    def _operator(self, request: web.Request) -> str:
+        if self._secret is None:
+            raise ApiError(503, "auth_disabled", "AUTH_JWT_SECRET is not set")
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "missing_token")
+        try:
+            subject = auth.verify_token(token.strip(), self._secret)
+        except auth.Unauthenticated as error:
+            raise ApiError(401, error.reason) from None
+        if subject.role != "admin":
+            raise ApiError(403, "admin_only")
+        return subject.id
+
+    async def ops(self, _: web.Request, __: str) -> dict[str, Any]:
+        """Throughput and outcomes over the last minutes, event age, circuits, queues."""
+        return self._sampler.summary()
+
+    async def dead_letters(self, _: web.Request, __: str) -> dict[str, Any]:
+        """The DLQ as a table, oldest first."""
+        now = datetime.now(UTC)
+        async with self._dlq_lock:
+            letters = await dlq.list_letters(self._ctx.settings, dlq.Selection(everything=True))
+        return {
+            "letters": [
+                letter.as_json() | {"ageSeconds": letter.age_s(now)}
+                for letter in letters[:DLQ_LIST_LIMIT]
+            ],
+            "total": len(letters),
+        }
+
+    async def replay(self, request: web.Request, operator: str) -> dict[str, Any]:
+        """Send the selected dead letters back to the worker's queue."""
+        selection = selection_of(await _json_body(request))
+        async with self._dlq_lock:
+            outcome = await dlq.replay(self._ctx.settings, selection)
+        return self._acted("dlq_replay", operator, selection, outcome)
+
+    async def purge(self, request: web.Request, operator: str) -> dict[str, Any]:
+        """Remove the selected dead letters for good."""
+        selection = selection_of(await _json_body(request))
+        async with self._dlq_lock:
+            outcome = await dlq.purge(self._ctx.settings, selection, confirmed=True)
+        return self._acted("dlq_purge", operator, selection, outcome)
+
+    async def publish(self, request: web.Request, operator: str) -> dict[str, Any]:
+        """Validate a test envelope exactly as the worker will, then publish it (confirmed)."""
+        body = await _json_body(request)
+        envelope = {"source": "console", **body}
+        try:
+            event = validate(complete(envelope))
+        except UsageError as error:
+            raise ApiError(400, "invalid_event", str(error)) from None
+        await self._ctx.events.publish(message_of(event), routing_key=event.type)
+        log.info(
+            "console.operator_action",
+            action="publish",
+            operator=operator,
+            event_id=event.id,
+            event_type=event.type,
+        )
+        return {"id": event.id, "type": event.type}
+
+    def _acted(
+        self, action: str, operator: str, selection: dlq.Selection, outcome: dlq.Outcome
+    ) -> dict[str, Any]:
+        log.info(
+            "console.operator_action",
+            action=action,
+            operator=operator,
+            ids=list(selection.ids),
+            reason=selection.reason,
+            event_type=selection.event_type,
+            everything=selection.everything,
+            selected=outcome.selected,
+            done=outcome.done,
+            failed=len(outcome.failed),
+        )
+        return {"selected": outcome.selected, "done": outcome.done, "failed": list(outcome.failed)}
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise ApiError(413, "body_too_large")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "body_too_large")
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return body
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _page_headers(html: str) -> dict[str, str]:
+    # The import map is the page's only inline script; CSP allows exactly it by hash.
+    found = re.search(r'<script type="importmap">(.*?)</script>', html, re.S)
+    digest = hashlib.sha256((found.group(1) if found else "").encode()).digest()
+    csp = _CSP.replace("{importmap}", base64.b64encode(digest).decode())
+    return _NO_STORE | {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff"}
+
+
+def setup(ctx: BrowserContext) -> tuple[list[web.RouteDef], list[Task]]:
+    """The console's routes and its metrics sampler."""
+    sampler = Sampler(ctx.metrics)
+    console = Console(ctx, sampler)
+    routes = [
+        web.get("/console", console.page),
+        web.get("/console/", console.page),
+        web.get("/console/config.json", console.config),
+        web.get("/console/vendor/{file:.+}", console.vendor),
+        web.get("/console/static/{file}", console.static),
+        web.get("/console/api/ops", console.api("ops", console.ops)),
+        web.get("/console/api/dlq", console.api("dlq_list", console.dead_letters)),
+        web.post("/console/api/dlq/replay", console.api("dlq_replay", console.replay)),
+        web.post("/console/api/dlq/purge", console.api("dlq_purge", console.purge)),
+        web.post("/console/api/publish", console.api("publish", console.publish)),
+    ]
+    return routes, [sampler.run_forever]
