@@ -199,6 +199,8 @@ class WorkerProcess:
             WORKER_QUEUE=self.topology.queue,
             RETRY_DELAYS_S=RETRY_DELAYS_S,
             MONGODB_URL=services.mongodb_url,
+            # The stand-in purges TTL collections on every query; real MongoDB does not.
+            MONGODB_TTL_INDEXES="false" if services.standin is not None else "true",
             MONGODB_DB=database,
             SOKETI_APP_ID=services.soketi.app_id,
             SOKETI_APP_KEY=services.soketi.key,

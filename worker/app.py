@@ -99,7 +99,11 @@ async def run(
         )
         stack.push_async_callback(client.close)
         gateway = mongo.MongoGateway(client[settings.mongodb_db], retry, metrics.mongodb_query)
-        processed = mongo.ProcessedLog(gateway, settings.processed_retention_h * 3600)
+        processed = mongo.ProcessedLog(
+            gateway,
+            settings.processed_retention_h * 3600,
+            ttl_index=settings.mongodb_ttl_indexes,
+        )
         try:
             await processed.ensure_indexes()
         except FanoutError as error:

@@ -88,6 +88,10 @@ class Settings(BrokerSettings):
     soketi_linger_ms: float = Field(default=2.0, ge=0)
     soketi_max_in_flight: int = Field(default=16, ge=1)
     mongodb_timeout_s: float = Field(default=5.0, gt=0)
+    # TTL indexes let MongoDB expire old ids/history in the background. The nx-27017 stand-in
+    # purges on every query instead, so the tests, demo and benchmark turn them off there;
+    # the worker's own hourly sweep enforces the retention either way.
+    mongodb_ttl_indexes: bool = True
     processed_retention_h: float = Field(default=72.0, gt=0)
     history_retention_h: float = Field(default=168.0, gt=0)
     ephemeral_max_age_s: float = Field(default=10.0, gt=0)

@@ -110,6 +110,7 @@ def _start_stack() -> Stack:
         http_host="127.0.0.1",
         http_port=int(os.environ.get("HTTP_PORT", "0")),
         retry_delays_s=(2, 5, 15),
+        mongodb_ttl_indexes=standin is None,  # the stand-in purges TTL collections per query
         # A random local secret: the console's demo tokens are valid for this run only.
         auth_jwt_secret=secrets.token_hex(32),
         log_format="console",

@@ -262,7 +262,11 @@ class History:
 
 def recorder(gateway: MongoGateway, settings: Settings) -> History:
     """The ``History`` the worker's pipeline uses."""
-    return History(HistoryLog(gateway, settings.history_retention_h * 3600))
+    return History(
+        HistoryLog(
+            gateway, settings.history_retention_h * 3600, ttl_index=settings.mongodb_ttl_indexes
+        )
+    )
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -386,7 +390,11 @@ def sweep_interval_s(retention: timedelta) -> float:
 
 
 def _log_of(ctx: BrowserContext) -> HistoryLog:
-    return HistoryLog(ctx.gateway, ctx.settings.history_retention_h * 3600)
+    return HistoryLog(
+        ctx.gateway,
+        ctx.settings.history_retention_h * 3600,
+        ttl_index=ctx.settings.mongodb_ttl_indexes,
+    )
 
 
 def routes(ctx: BrowserContext) -> list[web.RouteDef]:

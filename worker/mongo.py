@@ -172,16 +172,21 @@ class ProcessedLog:
     TTL index for real MongoDB; ``sweep`` deletes expired ids too, for servers without TTL.
     """
 
-    def __init__(self, gateway: MongoGateway, retention_s: float) -> None:
+    def __init__(
+        self, gateway: MongoGateway, retention_s: float, *, ttl_index: bool = True
+    ) -> None:
         self._gateway = gateway
         self._retention = timedelta(seconds=retention_s)
+        self._ttl_index = ttl_index
 
     @property
     def _collection(self) -> Any:
         return self._gateway.db[PROCESSED]
 
     async def ensure_indexes(self) -> None:
-        """Create the retention index (idempotent)."""
+        """Create the retention index (idempotent); without it, ``sweep`` alone enforces it."""
+        if not self._ttl_index:
+            return
 
         async def query() -> str:
             return str(
@@ -379,9 +384,12 @@ class HistoryLog:
     entries too, for servers without TTL.
     """
 
-    def __init__(self, gateway: MongoGateway, retention_s: float) -> None:
+    def __init__(
+        self, gateway: MongoGateway, retention_s: float, *, ttl_index: bool = True
+    ) -> None:
         self._gateway = gateway
         self.retention = timedelta(seconds=retention_s)
+        self.ttl_index = ttl_index
 
     @property
     def _entries(self) -> Any:
@@ -399,7 +407,8 @@ class HistoryLog:
             await self._entries.create_index(
                 [("channel", 1), ("seq", 1)], unique=True, name="channel_seq"
             )
-            await self._entries.create_index("at", expireAfterSeconds=ttl_s, name="at_ttl")
+            if self.ttl_index:
+                await self._entries.create_index("at", expireAfterSeconds=ttl_s, name="at_ttl")
 
         await self._gateway.run("create index", query)
 

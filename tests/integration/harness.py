@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -175,6 +176,8 @@ async def running_worker(
         presence_reconcile_s=overrides.pop("presence_reconcile_s", 0),
         stats_interval_s=overrides.pop("stats_interval_s", 0),
         retry_delays_s=overrides.pop("retry_delays_s", (1, 2)),
+        # The stand-in purges TTL collections on every query (real MongoDB does not).
+        mongodb_ttl_indexes=overrides.pop("mongodb_ttl_indexes", "MONGODB_URL" in os.environ),
         **overrides,
     )
     metrics = Metrics.create()
