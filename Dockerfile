@@ -1,5 +1,12 @@
 # bazaar-fanout: the worker that fans domain events from RabbitMQ out to Soketi.
 # Configuration comes only from the environment (docs/CONTRACT.md, section 1).
+# The console's browser assets: clients/js and its pinned pusher-js, from npm (no CDN).
+FROM node:20-slim AS console-assets
+WORKDIR /app/clients/js
+COPY clients/js/package.json clients/js/package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund
+COPY clients/js/src/ src/
+
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -14,6 +21,8 @@ COPY pyproject.toml README.md ./
 COPY schemas/ schemas/
 COPY handlers/ handlers/
 COPY worker/ worker/
+# `python -m worker` runs from /app, so worker/console.py finds ../clients/js here.
+COPY --from=console-assets /app/clients/js/ clients/js/
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin fanout
 

@@ -107,3 +107,14 @@ def test_dockerfile_cmd_runs_the_worker() -> None:
     text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     commands = [line[len("CMD ") :] for line in text.splitlines() if line.startswith("CMD ")]
     assert [json.loads(command) for command in commands] == [["python", "-m", "worker", "run"]]
+
+
+def test_image_carries_the_console_assets() -> None:
+    """The image has clients/js (with pusher-js) beside worker/, where the console reads it."""
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    ignored = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert "RUN npm ci --omit=dev" in dockerfile
+    assert "COPY --from=console-assets /app/clients/js/ clients/js/" in dockerfile
+    assert "WORKDIR /app" in dockerfile
+    assert not {"clients", "clients/js", "clients/js/src"} & set(ignored)
