@@ -565,15 +565,6 @@ async def test_without_a_secret_the_endpoints_answer_503(
     assert counted == [1, 1]
 
 
-@pytest.fixture
-async def mongo_proxy(mongo_url: str) -> AsyncIterator[TcpProxy]:
-    """A cuttable path from the worker to MongoDB."""
-    parts = urlsplit(mongo_url)
-    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 27017).start()
-    yield proxy
-    await proxy.close()
-
-
 async def test_mongodb_down_answers_503_only_where_facts_are_needed(
     rabbitmq_url: str, mongo_url: str, soketi: SoketiServer, names: Any, mongo_proxy: TcpProxy
 ) -> None:

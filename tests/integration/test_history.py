@@ -182,14 +182,6 @@ async def test_duplicate_publish_is_recorded_once(fanout: Fanout) -> None:
     assert [r.data["cursor"] for r in sub.events()] == [format_cursor(1)]
 
 
-@pytest.fixture
-async def soketi_proxy(soketi: SoketiServer) -> AsyncIterator[TcpProxy]:
-    """A cuttable path from the worker to Soketi."""
-    proxy = await TcpProxy(soketi.host, soketi.port).start()
-    yield proxy
-    await proxy.close()
-
-
 async def test_retried_event_reuses_its_cursor(
     rabbitmq_url: str, mongo_url: str, soketi: SoketiServer, soketi_proxy: TcpProxy, names: Any
 ) -> None:

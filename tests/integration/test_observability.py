@@ -14,14 +14,6 @@ from worker.devstack import SoketiServer
 
 
 @pytest.fixture
-async def soketi_proxy(soketi: SoketiServer) -> AsyncIterator[TcpProxy]:
-    """A cuttable path from the worker to Soketi."""
-    proxy = await TcpProxy(soketi.host, soketi.port).start()
-    yield proxy
-    await proxy.close()
-
-
-@pytest.fixture
 async def fanout(
     rabbitmq_url: str, mongo_url: str, soketi: SoketiServer, soketi_proxy: TcpProxy, names: Any
 ) -> AsyncIterator[Fanout]:

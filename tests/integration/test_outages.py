@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-
-import pytest
 
 from tests.integration.harness import Fanout, envelope, running_worker, wait_until
 from tests.integration.proxy import TcpProxy
 from worker.devstack import SoketiServer
-
-
-@pytest.fixture
-async def soketi_proxy(soketi: SoketiServer) -> AsyncIterator[TcpProxy]:
-    """A cuttable path from the worker to Soketi."""
-    proxy = await TcpProxy(soketi.host, soketi.port).start()
-    yield proxy
-    await proxy.close()
 
 
 def _delivered_ids(fanout: Fanout) -> Counter[str]:
@@ -66,24 +55,6 @@ async def test_soketi_outage_delivers_everything_once(
         retried = fanout.settled("retried")
         print(f"retried through tiers: {retried:.0f} of 300")
         assert retried <= 10
-
-
-@pytest.fixture
-async def broker_proxy(rabbitmq_url: str) -> AsyncIterator[TcpProxy]:
-    """A cuttable path from the worker to RabbitMQ."""
-    parts = urlsplit(rabbitmq_url)
-    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
-    yield proxy
-    await proxy.close()
-
-
-@pytest.fixture
-async def mongo_proxy(mongo_url: str) -> AsyncIterator[TcpProxy]:
-    """A cuttable path from the worker to MongoDB."""
-    parts = urlsplit(mongo_url)
-    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 27017).start()
-    yield proxy
-    await proxy.close()
 
 
 def _via(url: str, proxy: TcpProxy, **query: str) -> str:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import aio_pika
 import orjson
-import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from tests.integration.harness import Fanout, envelope, running_worker
@@ -24,14 +22,6 @@ FANOUT_HEADERS = {
     "fanout-attempts",
     "fanout-first-failed-at",
 }
-
-
-@pytest.fixture
-async def soketi_proxy(soketi: SoketiServer) -> AsyncIterator[TcpProxy]:
-    """A cuttable path from the worker to Soketi."""
-    proxy = await TcpProxy(soketi.host, soketi.port).start()
-    yield proxy
-    await proxy.close()
 
 
 def _status_changed(order_id: str) -> dict[str, Any]:
