@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 import orjson
@@ -21,6 +21,19 @@ from worker.devstack import SoketiServer
 from worker.metrics import Metrics
 from worker.retry import RetryPolicy
 from worker.watch import PusherSubscriber, sign_channel
+
+
+class TestNames(Protocol):
+    """The per-test names a worker runs under (``tests.conftest.Names``)."""
+
+    @property
+    def exchange(self) -> str: ...
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def db(self) -> str: ...
 
 
 def envelope(event_type: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -147,13 +160,13 @@ async def running_worker(
     rabbitmq_url: str,
     mongo_url: str,
     soketi: SoketiServer,
-    exchange: str,
-    queue: str,
-    db: str,
+    names: TestNames,
     retry: RetryPolicy | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Fanout]:
     """Start ``worker.app.run`` in this event loop with test names; stop and drain afterwards.
+
+    ``names`` (the ``names`` fixture) gives the test's own exchange, queue and database.
 
     ``worker_rabbitmq_url``, ``worker_mongo_url`` and ``soketi_port`` point the worker (only)
     elsewhere, e.g. through a ``TcpProxy``; the test's own connections stay direct.
@@ -162,9 +175,9 @@ async def running_worker(
     settings = Settings(
         rabbitmq_url=overrides.pop("worker_rabbitmq_url", rabbitmq_url),
         mongodb_url=overrides.pop("worker_mongo_url", mongo_url),
-        mongodb_db=db,
-        events_exchange=exchange,
-        worker_queue=queue,
+        mongodb_db=names.db,
+        events_exchange=names.exchange,
+        worker_queue=names.queue,
         soketi_app_id=soketi.app_id,
         soketi_app_key=soketi.key,
         soketi_app_secret=overrides.pop("soketi_app_secret", soketi.secret),
@@ -193,15 +206,16 @@ async def running_worker(
             on_started=started.set_result,
         )
     )
-    done, _ = await asyncio.wait({task, started}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    pending: set[asyncio.Future[Any]] = {task, started}
+    done, _ = await asyncio.wait(pending, timeout=30, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()  # raises the start-up error
     info = started.result()
     connection = await aio_pika.connect_robust(rabbitmq_url)
     channel = await connection.channel(publisher_confirms=True)
-    events = await channel.get_exchange(exchange, ensure=True)
+    events = await channel.get_exchange(names.exchange, ensure=True)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
-    fanout = Fanout(settings, soketi, metrics, info.http_port, connection, events, client[db])
+    fanout = Fanout(settings, soketi, metrics, info.http_port, connection, events, client[names.db])
     try:
         yield fanout
     finally:

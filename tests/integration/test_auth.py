@@ -71,9 +71,7 @@ async def fanout(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         auth_jwt_secret=JWT_SECRET,
         auth_cookie_name=COOKIE,
     ) as running:
@@ -548,9 +546,7 @@ async def test_without_a_secret_the_endpoints_answer_503(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
     ) as fanout:
         form = {"socket_id": "1.2", "channel_name": f"private-user-{U2}"}
         answers = [
@@ -575,9 +571,7 @@ async def test_mongodb_down_answers_503_only_where_facts_are_needed(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         worker_mongo_url=via,
         mongodb_timeout_s=0.5,
         auth_jwt_secret=JWT_SECRET,

@@ -89,9 +89,7 @@ async def fanout(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=own_soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         auth_jwt_secret=JWT_SECRET,
     ) as running:
         yield running

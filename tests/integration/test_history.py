@@ -37,9 +37,7 @@ def worker(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         auth_jwt_secret=JWT_SECRET,
         **overrides,
     )

@@ -153,9 +153,7 @@ async def fanout(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         auth_jwt_secret=JWT_SECRET,
     ) as running:
         yield running
@@ -276,9 +274,7 @@ async def test_client_polls_while_soketi_is_down_then_catches_up_without_repeats
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=own_soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         auth_jwt_secret=JWT_SECRET,
     ) as fanout:
         user, shop, conversation = (f"{p}-{uuid.uuid4().hex[:10]}" for p in "usc")

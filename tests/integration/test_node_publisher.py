@@ -81,9 +81,7 @@ async def fanout(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
     ) as running:
         yield running
 

@@ -22,9 +22,7 @@ async def fanout(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         soketi_port=soketi_proxy.port,
         queue_sample_interval_s=0.2,
     ) as running:

@@ -17,9 +17,7 @@ async def test_chat_order_is_kept_with_many_messages_in_flight(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         prefetch_count=200,
     ) as fanout:
         sub = await fanout.subscriber(*(f"private-chat-{c}" for c in conversations))

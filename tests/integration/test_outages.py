@@ -24,9 +24,7 @@ async def test_soketi_outage_delivers_everything_once(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         soketi_port=soketi_proxy.port,
     ) as fanout:
         sub = await fanout.subscriber("private-admin")
@@ -91,9 +89,7 @@ async def test_broker_cut_mid_stream_delivers_everything_once(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         # aio-pika's default of 5 s between reconnect attempts would make this test slow.
         worker_rabbitmq_url=_via(rabbitmq_url, broker_proxy, reconnect_interval="0.25"),
     ) as fanout:
@@ -201,9 +197,7 @@ async def test_mongodb_outage_delivers_everything_enriched_once(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         worker_mongo_url=_via(mongo_url, mongo_proxy),
         mongodb_timeout_s=1.0,
     ) as fanout:

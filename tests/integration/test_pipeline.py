@@ -32,9 +32,7 @@ async def fanout(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
     ) as running:
         db = running.db
         await db.users.insert_many(

@@ -41,9 +41,7 @@ async def webhook_stack(rabbitmq_url: str, mongo_url: str, names: Any) -> AsyncI
             rabbitmq_url=rabbitmq_url,
             mongo_url=mongo_url,
             soketi=server,
-            exchange=names.exchange,
-            queue=names.queue,
-            db=names.db,
+            names=names,
             http_port=http_port,
         ) as fanout:
             await fanout.db["users"].insert_many(
@@ -170,9 +168,7 @@ async def reconciling(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         presence_reconcile_s=0.2,
     ) as fanout:
         yield fanout
@@ -212,9 +208,7 @@ async def with_stats(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         stats_interval_s=0.2,
         queue_sample_interval_s=0.2,
     ) as fanout:

@@ -76,9 +76,7 @@ async def test_transient_failure_goes_through_a_tier_and_is_delivered_once(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         soketi_port=soketi_proxy.port,
         retry=RetryPolicy.instant(1),  # no in-process retry hides the failure
     ) as fanout:
@@ -130,9 +128,7 @@ async def test_retries_exhausted_after_the_last_tier(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         soketi_port=soketi_proxy.port,
         retry=RetryPolicy.instant(1),
         retry_delays_s=names.retry_delays_s,
@@ -166,9 +162,7 @@ async def test_retry_max_age_parks_the_event_before_the_tiers_run_out(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         soketi_port=soketi_proxy.port,
         retry=RetryPolicy.instant(1),
         retry_delays_s=names.retry_delays_s,
@@ -239,9 +233,7 @@ async def test_dead_letter_headers_are_the_contracts_four_plus_the_originals(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
     ) as fanout:
         env = envelope("user.registered", {"userId": "not/an/id"})
         await fanout.exchange.publish(

@@ -239,9 +239,7 @@ async def test_soak_with_random_faults_accounts_for_every_event(
         rabbitmq_url=rabbitmq_url,
         mongo_url=mongo_url,
         soketi=soketi,
-        exchange=names.exchange,
-        queue=names.queue,
-        db=names.db,
+        names=names,
         soketi_port=proxies["soketi"].port,
         worker_mongo_url=_via(mongo_url, proxies["mongodb"]),
         # aio-pika's default of 5 s between reconnect attempts would make this test slow.
