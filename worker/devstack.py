@@ -263,8 +263,49 @@ class SoketiConfig:
         }
 
 
+class _Service:
+    """Start, stop and restart of a local service process on fixed ports."""
+
+    __slots__ = ()
+    _process: _ManagedProcess
+    ready_timeout_s: float
+
+    @property
+    def url(self) -> str:
+        """Where the service answers."""
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def is_running(self) -> bool:
+        """True while the process runs."""
+        return self._process.is_running
+
+    def start(self) -> None:
+        """Start the process and wait until the service answers."""
+        self._process.start()
+        _wait_until(
+            self._ready,
+            self._process,
+            what=f"{type(self).__name__} at {self.url}",
+            timeout_s=self.ready_timeout_s,
+        )
+
+    def stop(self) -> None:
+        """Kill the process group; ports are kept for ``restart()``."""
+        self._process.stop()
+
+    def restart(self) -> None:
+        """Stop if running, then start again on the same ports (connections are lost; the
+        Mongo stand-in's in-memory data too)."""
+        self.stop()
+        self.start()
+
+
 @dataclass(slots=True)
-class SoketiServer:
+class SoketiServer(_Service):
     """A Soketi process started by :func:`start_soketi`: a frozen config plus its process."""
 
     config: SoketiConfig
@@ -299,28 +340,8 @@ class SoketiServer:
     def log_path(self) -> Path:
         return self._process.log_path
 
-    @property
-    def is_running(self) -> bool:
-        return self._process.is_running
-
-    def start(self) -> None:
-        """Start the process and wait until its HTTP API answers ``GET /`` with 200."""
-        self._process.start()
-        _wait_until(
-            lambda: _http_ok(f"{self.url}/"),
-            self._process,
-            what=f"soketi on {self.host}:{self.port}",
-            timeout_s=self.ready_timeout_s,
-        )
-
-    def stop(self) -> None:
-        """Kill the process group; the config and ports are kept for ``restart()``."""
-        self._process.stop()
-
-    def restart(self) -> None:
-        """Stop if running, then start again on the same ports (connections are lost)."""
-        self.stop()
-        self.start()
+    def _ready(self) -> bool:
+        return _http_ok(f"{self.url}/")
 
 
 def _http_ok(url: str) -> bool:
@@ -387,7 +408,7 @@ def _soketi_env(config: SoketiConfig) -> dict[str, str]:
 
 
 @dataclass(slots=True)
-class MongoStandin:
+class MongoStandin(_Service):
     """An ``nx-27017`` process with an in-memory database; data is lost on ``restart()``."""
 
     host: str
@@ -399,28 +420,8 @@ class MongoStandin:
     def url(self) -> str:
         return f"mongodb://{self.host}:{self.port}"
 
-    @property
-    def is_running(self) -> bool:
-        return self._process.is_running
-
-    def start(self) -> None:
-        """Start the process and wait until a ``ping`` command succeeds."""
-        self._process.start()
-        _wait_until(
-            lambda: _mongo_pings(self.url),
-            self._process,
-            what=f"nx-27017 on {self.host}:{self.port}",
-            timeout_s=self.ready_timeout_s,
-        )
-
-    def stop(self) -> None:
-        """Kill the process group."""
-        self._process.stop()
-
-    def restart(self) -> None:
-        """Stop if running, then start again on the same port, with an empty database."""
-        self.stop()
-        self.start()
+    def _ready(self) -> bool:
+        return _mongo_pings(self.url)
 
 
 def _mongo_pings(url: str) -> bool:
