@@ -49,7 +49,8 @@ class SettlePaths:
     dead: AbstractExchange
     retries: tuple[AbstractExchange, ...]
     max_retry_age_s: float = 24 * 3600
-    #: Messages dead-lettered (confirmed) whose ack was lost with the connection.
+    #: Messages recently dead-lettered (confirmed), oldest first: an ack is fire-and-forget, so
+    #: one lost with the connection shows only as a redelivery of a message parked already.
     parked: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
 
 
@@ -96,27 +97,28 @@ async def settle(
                 paths.dead, message, reason=reason, error=detail[:500], attempts=attempts
             )
         )
-    try:
-        await _bounded(message.ack())
-    except BaseException:
-        # The broker will redeliver a message whose copy the DLQ already holds: remember it,
-        # so the redelivery is only acked and the DLQ keeps one copy.
-        paths.parked[key] = None
-        while len(paths.parked) > PARKED_LIMIT:
-            paths.parked.popitem(last=False)
-        raise
-    paths.parked.pop(key, None)
+    # Remembered whether or not the ack below seems to go through: basic.ack has no reply, and
+    # the broker redelivers a message whose ack died in a socket buffer. The redelivery is then
+    # only acked, and the DLQ keeps one copy.
+    paths.parked[key] = None
+    paths.parked.move_to_end(key)
+    while len(paths.parked) > PARKED_LIMIT:
+        paths.parked.popitem(last=False)
+    await _bounded(message.ack())
     return Settled("dead_lettered", reason, error_type, error_id)
 
 
-#: How many dead-lettered-but-unacked messages ``SettlePaths.parked`` remembers, oldest out.
+#: How many recently dead-lettered messages ``SettlePaths.parked`` remembers, oldest out.
 PARKED_LIMIT = 10_000
 
 
 def _parked_key(message: AbstractIncomingMessage) -> bytes:
-    """What identifies a message across its redeliveries: routing key and body."""
+    """What identifies a message across its redeliveries: routing key, publisher's message id
+    and timestamp, and body. Two identical messages, the second of them redelivered, look
+    the same; the second is then not parked again (documented in docs/architecture.md)."""
     digest = hashlib.sha256(message.body)
-    digest.update((message.routing_key or "").encode())
+    for part in (message.routing_key, message.message_id, message.timestamp):
+        digest.update(b"\0" + str(part or "").encode())
     return digest.digest()
 
 

@@ -70,6 +70,7 @@ class Message:
     timestamp: datetime | None = None
     type: str | None = None
     app_id: str | None = None
+    redelivered: bool = False
     settled: list[str] = field(default_factory=list)
 
     async def ack(self) -> None:
@@ -152,3 +153,18 @@ async def test_invalid_body_is_dead_lettered_then_acked() -> None:
     assert copy.headers["fanout-reason"] == "invalid_json"
     assert copy.body == b"{oops"
     assert message.settled == ["ack"]
+
+
+async def test_a_redelivered_parked_message_is_not_parked_twice() -> None:
+    """An ack has no reply: when the broker redelivers a message already in the DLQ (its ack
+    died with the connection), the redelivery is only acked. A fresh copy with the same body
+    but another message id is a different message and is parked."""
+    dead = Exchange()
+    consumer = _consumer(Soketi(), dead)
+    first = Message(b"{oops", message_id="x1")
+    again = Message(b"{oops", message_id="x1", redelivered=True)
+    other = Message(b"{oops", message_id="x2", redelivered=True)
+    for message in (first, again, other):
+        await consumer.handle(message)  # type: ignore[arg-type]
+    assert [copy.message_id for copy, _ in dead.published] == ["x1", "x2"]
+    assert first.settled == again.settled == other.settled == ["ack"]
