@@ -44,6 +44,11 @@ def private_chat(conversation_id: str) -> str:
     return f"private-chat-{_checked(conversation_id)}"
 
 
+def is_chat(channel: str) -> bool:
+    """Whether ``channel`` is a conversation's (whose events must keep publish order)."""
+    return channel.startswith("private-chat-")
+
+
 def private_order(order_id: str) -> str:
     """An order's channel: ``private-order-{id}``."""
     return f"private-order-{_checked(order_id)}"

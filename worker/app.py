@@ -104,8 +104,12 @@ async def run(
             settings.processed_retention_h * 3600,
             ttl_index=settings.mongodb_ttl_indexes,
         )
+        recorder = history.recorder(gateway, settings)
+        stack.push_async_callback(recorder.close)
         try:
             await processed.ensure_indexes()
+            # Before the first entry: the unique (channel, seq) index arbitrates numbering.
+            await recorder.ensure_indexes()
         except FanoutError as error:
             log.warning("fanout.index_setup_failed", error=str(error))
 
@@ -168,7 +172,7 @@ async def run(
                 clock=time.time,
                 ephemeral_max_age_s=settings.ephemeral_max_age_s,
                 # --- history ---: numbers and records each non-ephemeral delivery
-                history=history.recorder(gateway, settings),
+                history=recorder,
                 soketi_gate=soketi_gate,
             ),
             paths=paths,

@@ -5,14 +5,17 @@ I/O of concurrently processed messages is merged: ids into one ``$in`` query per
 processed-id checks and records into one query and one ``insert_many``, and deliveries
 into ``batch_events`` calls of up to ten Pusher events. A message's deliveries always
 travel in one call when they fit, so a failed call never leaves a message half-delivered.
+Calls carrying an ordered channel (a conversation's) go out one after the other, in the
+order their deliveries were handed over, so many calls in flight never reorder a chat.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from handlers.channels import is_chat
 from handlers.model import Account, Delivery, Product, Store
 from worker.coalesce import Coalescer
 from worker.errors import PermanentError
@@ -73,42 +76,66 @@ class BatchingProcessedIds:
         return {}
 
 
+Batch = list[tuple[list[dict[str, Any]], asyncio.Future[None]]]
+
+
 class TriggerBatcher:
     """Coalesces the deliveries of concurrent messages into ``batch_events`` calls.
 
     A call goes out when ten Pusher events are waiting or ``linger_s`` after the first one;
-    at most ``max_in_flight`` calls run at once. If Soketi refuses a call that carried
-    several messages, each message is sent again on its own, so one bad message cannot
-    take its neighbours to the dead-letter queue.
+    at most ``max_in_flight`` calls run at once. A call that carries an ``ordered`` channel
+    starts only once the previous call carrying that channel has finished, so a channel's
+    events reach Soketi in the order ``deliver`` was called. If Soketi refuses a call that
+    carried several messages, each message is sent again on its own, in order, so one bad
+    message cannot take its neighbours to the dead-letter queue.
     """
 
     def __init__(
-        self, client: SoketiClient, *, linger_s: float = 0.002, max_in_flight: int = 16
+        self,
+        client: SoketiClient,
+        *,
+        linger_s: float = 0.002,
+        max_in_flight: int = 16,
+        ordered: Callable[[str], bool] = is_chat,
     ) -> None:
         self._client = client
         self._max_batch = client.limits.max_batch
         self._linger_s = linger_s
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._pending: list[tuple[list[dict[str, Any]], asyncio.Future[None]]] = []
+        self._ordered = ordered
+        self._pending: Batch = []
         self._count = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Per ordered channel: the end of the last call carrying it, while it runs.
+        self._tails: dict[str, asyncio.Future[None]] = {}
 
     @property
     def limits(self) -> Any:
         """The size limits of the underlying client."""
         return self._client.limits
 
-    async def deliver(self, deliveries: Sequence[Delivery], socket_id: str | None = None) -> int:
-        """Trigger one message's deliveries, batched with other messages'; return 1."""
+    async def deliver(
+        self,
+        deliveries: Sequence[Delivery],
+        socket_id: str | None = None,
+        queued: Callable[[], None] | None = None,
+    ) -> int:
+        """Trigger one message's deliveries, batched with other messages'; return 1.
+
+        ``queued`` is called as soon as the deliveries are in line: later ``deliver`` calls
+        cannot overtake them on an ordered channel.
+        """
         entries = batch_entries(deliveries, socket_id, self._client.limits)
         if len(entries) > self._max_batch:
-            return await self._client.deliver(deliveries, socket_id)
+            return await self._client.deliver(deliveries, socket_id, queued)
         if self._count + len(entries) > self._max_batch:
             self._flush()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((entries, future))
         self._count += len(entries)
+        if queued is not None:
+            queued()
         if self._count >= self._max_batch:
             self._flush()
         elif self._timer is None:
@@ -123,11 +150,34 @@ class TriggerBatcher:
         if not self._pending:
             return
         batch, self._pending, self._count = self._pending, [], 0
-        task = asyncio.create_task(self._send(batch))
+        channels = {
+            str(e["channel"])
+            for entries, _ in batch
+            for e in entries
+            if self._ordered(str(e["channel"]))
+        }
+        after = {self._tails[c] for c in channels if c in self._tails}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for channel in channels:
+            self._tails[channel] = done
+        task = asyncio.create_task(self._send(batch, after))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._finished(channels, done))
 
-    async def _send(self, batch: list[tuple[list[dict[str, Any]], asyncio.Future[None]]]) -> None:
+    def _finished(self, channels: set[str], done: asyncio.Future[None]) -> None:
+        done.set_result(None)
+        for channel in channels:
+            if self._tails.get(channel) is done:
+                del self._tails[channel]
+
+    async def _send(self, batch: Batch, after: set[asyncio.Future[None]]) -> None:
+        try:
+            if after:  # earlier calls on the same conversations first (they never fail)
+                await asyncio.wait(after)
+        except asyncio.CancelledError as error:
+            _resolve(batch, error)
+            raise
         async with self._slots:
             try:
                 await self._client.send_batch([e for entries, _ in batch for e in entries])
@@ -135,7 +185,8 @@ class TriggerBatcher:
                 if len(batch) == 1:
                     _resolve(batch, error)
                 else:
-                    await asyncio.gather(*(self._send_alone(entries, f) for entries, f in batch))
+                    for entries, future in batch:
+                        await self._send_alone(entries, future)
             except BaseException as error:  # every waiter settles its own message with it
                 _resolve(batch, error)
                 if isinstance(error, asyncio.CancelledError):

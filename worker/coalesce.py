@@ -21,7 +21,7 @@ Bulk = Callable[[list[K]], Awaitable[Mapping[K, V]]]
 class Coalescer(Generic[K, V]):
     """Answers ``get(keys)`` through ``bulk(keys)`` calls shared between concurrent callers."""
 
-    def __init__(self, bulk: Bulk[K, V], *, max_batch: int = 500, max_in_flight: int = 2) -> None:
+    def __init__(self, bulk: Bulk[K, V], *, max_batch: int = 500, max_in_flight: int = 1) -> None:
         self._bulk = bulk
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
@@ -25,7 +26,7 @@ from worker.errors import (
     PermanentError,
     TransientError,
 )
-from worker.lanes import Lanes, lane_key
+from worker.lanes import Lanes, Turn, peek
 from worker.metrics import Metrics
 from worker.pipeline import Deps, Result, process
 
@@ -187,13 +188,19 @@ class Consumer:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
         self._enter()
-        # Taken before the first await: deliveries start their tasks in arrival order, so
-        # one conversation's messages reach Soketi in publish order however many run at once.
-        lane = self._lanes.hold(lane_key(message.body))
+        # Both taken before the first await, so in arrival order: the lane turn keeps one
+        # conversation's cursors and triggers in publish order however many messages run at
+        # once, and a second copy of an id waits for the first to be settled.
+        lane, event_id = peek(message.body)
+        turn = self._lanes.turn(lane)
+        own_id = self.deps.in_flight.hold(event_id) if event_id else contextlib.nullcontext()
         result: Result | BaseException | None = None
         try:
-            async with lane:
-                result = await self._attempt(message)
+            try:
+                async with own_id:
+                    result = await self._attempt(message, turn)
+            finally:
+                turn.finish()
             settled = await settle(message, result, self.paths)
             self._observe(message, result, settled, time.perf_counter() - started)
         except Exception as error:  # e.g. the channel closed mid-settle
@@ -220,9 +227,13 @@ class Consumer:
         await asyncio.gather(*running, return_exceptions=True)
         return len(running)
 
-    async def _attempt(self, message: AbstractIncomingMessage) -> Result | BaseException:
+    async def _attempt(
+        self, message: AbstractIncomingMessage, turn: Turn
+    ) -> Result | BaseException:
         """Process the message; hold it while the circuit its failure belongs to is open."""
         held: FanoutError | None = None
+        # A first delivery cannot have been recorded in history by an earlier attempt.
+        maybe_recorded = message.redelivered or broker.attempts_of(message) > 0
         while True:
             if not await self._gate():
                 interrupted = Interrupted("worker stopping while a downstream was unavailable")
@@ -230,8 +241,9 @@ class Consumer:
                     interrupted.event_type, interrupted.event_id = held.event_type, held.event_id
                 return interrupted
             try:
-                result = await process(message.body, self.deps)
+                result = await process(message.body, self.deps, turn, maybe_recorded=maybe_recorded)
             except Exception as error:  # settle decides by the error's class
+                maybe_recorded = True
                 circuit = self.circuits.owner(error)
                 if circuit is None or not isinstance(error, FanoutError):
                     return error

@@ -1,15 +1,17 @@
 """Channel history: a cursor on every non-ephemeral delivery, and the catch-up endpoint.
 
 Recording. Between ``decide`` and ``deliver`` the pipeline passes an event's deliveries to
-``History.stamp``. Each (event, channel) gets the next number of that channel's counter
-(one ``$inc`` per channel for all the messages processed at that moment), is stored in
-``fanout_history`` under ``{eventId}:{channel}``, and goes to Soketi with its cursor in the
+``History.stamp``. Each (event, channel) gets the next number of that channel, handed out
+in-process in lane order (a conversation's cursors follow publish order), is stored in
+``fanout_history`` under ``{eventId}:{channel}`` (one ``insert_many`` for all the messages
+processed at that moment; the unique ``(channel, seq)`` index refuses a number another
+worker took, and the entry is renumbered), and goes to Soketi with its cursor in the
 payload. A retried event finds its entries by id and reuses their cursors: it is never
 numbered twice. Typing events are not recorded.
 
 Cursors are the numbers as fixed-width decimal strings, so comparing two strings compares
 the numbers; clients treat them as opaque. Numbers increase per channel but may skip: a
-number reserved by a write that then failed is never used.
+number taken by a write that then failed is never used.
 
 Reading. ``GET /channels/{channel}/events?after=CURSOR&limit=N`` answers the entries after
 ``after``, oldest first, and ``next`` (the last cursor returned) while more may exist. Two
@@ -24,8 +26,8 @@ rules keep a reader from skipping an event without being told:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -39,6 +41,7 @@ from schemas import EPHEMERAL_TYPES, Event
 from worker import auth
 from worker.coalesce import Coalescer
 from worker.errors import FanoutError, StoreUnavailable
+from worker.lanes import NUMBER, UNORDERED, Turn
 from worker.metrics import Metrics
 from worker.mongo import HistoryLog, MongoGateway
 
@@ -177,87 +180,171 @@ def _utcnow() -> datetime:
 class History:
     """Numbers and records the deliveries of non-ephemeral events (``Deps.history``).
 
-    Lookups, counter increments and inserts of concurrently processed messages are merged
-    (``Coalescer``): one ``$in`` lookup, one ``$inc`` per channel, one ``insert_many``.
+    Numbers are handed out in-process, from the last number this worker knows per channel
+    (its floor in MongoDB the first time a channel is seen), so numbering costs no round
+    trip. The insert is the arbiter: when another worker took a number first, the unique
+    ``(channel, seq)`` index refuses the entry, and it is numbered again after the channel's
+    newest entry. Lookups, inserts and floor updates of concurrently processed messages are
+    merged (``Coalescer``): one ``$in`` lookup, one ``insert_many``, one bulk ``$max``.
     """
 
-    def __init__(self, log: HistoryLog, *, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(
+        self,
+        log: HistoryLog,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        known_channels: int = 100_000,
+    ) -> None:
         self._log = log
         self._clock = clock
         self._recorded: Coalescer[str, int] = Coalescer(self._bulk_recorded)
-        self._numbers: Coalescer[tuple[str, int], int] = Coalescer(self._bulk_allocate)
+        self._floors: Coalescer[str, int] = Coalescer(self._bulk_floors)
         self._written: Coalescer[str, bool] = Coalescer(self._bulk_insert)
         # Documents waiting for the next bulk insert, by id (Coalescer passes only keys).
         self._staged: dict[str, Document] = {}
-        self._tickets = itertools.count()
+        # The last number handed out (or known taken) per channel, least recently used first.
+        self._last: OrderedDict[str, int] = OrderedDict()
+        self._known_channels = known_channels
+        self._raised: dict[str, int] = {}
+        self._raising: asyncio.Task[None] | None = None
 
-    async def stamp(self, event: Event, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        """``deliveries`` with their cursors, recorded once per event and channel."""
+    async def ensure_indexes(self) -> None:
+        """Create the numbering and retention indexes (idempotent)."""
+        await self._log.ensure_indexes()
+
+    async def stamp(
+        self,
+        event: Event,
+        deliveries: Sequence[Delivery],
+        turn: Turn = UNORDERED,
+        maybe_recorded: bool = True,
+    ) -> list[Delivery]:
+        """``deliveries`` with their cursors, recorded once per event and channel.
+
+        Numbers are taken in ``turn`` order (its ``NUMBER`` step); the write that follows
+        runs concurrently with other messages'.
+        """
         if event.type in EPHEMERAL_TYPES or not deliveries:
+            await turn.wait(NUMBER)
+            turn.passed(NUMBER)
             return list(deliveries)
         ids = record_ids(event.id, [d.channel for d in deliveries])
-        seqs = await self._recorded.get(ids)
+        seqs = await self._recorded.get(ids) if maybe_recorded else {}
         fresh = [(key, d) for key, d in zip(ids, deliveries, strict=True) if key not in seqs]
+        await turn.wait(NUMBER)
+        numbers = await self._take([d.channel for _, d in fresh]) if fresh else []
+        turn.passed(NUMBER)
         if fresh:
-            seqs.update(await self._record(event.id, fresh))
+            seqs.update(await self._record(event.id, fresh, numbers))
         return [stamped(d, seqs[key]) for key, d in zip(ids, deliveries, strict=True)]
 
-    async def _record(self, event_id: str, fresh: list[tuple[str, Delivery]]) -> dict[str, int]:
-        tickets = [(d.channel, next(self._tickets)) for _, d in fresh]
-        numbers = await self._numbers.get(tickets)
-        at = self._clock()
-        docs: dict[str, Document] = {
-            key: {
-                "_id": key,
-                "channel": d.channel,
-                "event": d.event,
-                "payload": stamped(d, numbers[ticket]).payload,
-                "eventId": event_id,
-                "cursor": format_cursor(numbers[ticket]),
-                "seq": numbers[ticket],
-                "at": at,
+    async def _take(self, channels: Sequence[str]) -> list[int]:
+        """The next number of each of ``channels`` (in order; a channel may repeat)."""
+        while cold := {c for c in channels if c not in self._last}:
+            floors = await self._floors.get(cold)
+            for channel in cold:
+                self._last.setdefault(channel, floors.get(channel, 0))
+        numbers = []
+        for channel in channels:
+            number = self._last[channel] + 1
+            self._last[channel] = number
+            self._last.move_to_end(channel)
+            numbers.append(number)
+        while len(self._last) > self._known_channels:
+            self._last.popitem(last=False)
+        return numbers
+
+    async def _record(
+        self, event_id: str, fresh: list[tuple[str, Delivery]], numbers: list[int]
+    ) -> dict[str, int]:
+        seqs: dict[str, int] = {}
+        for _ in range(NUMBERING_ATTEMPTS):
+            at = self._clock()
+            docs: dict[str, Document] = {
+                key: {
+                    "_id": key,
+                    "channel": d.channel,
+                    "event": d.event,
+                    "payload": stamped(d, number).payload,
+                    "eventId": event_id,
+                    "cursor": format_cursor(number),
+                    "seq": number,
+                    "at": at,
+                }
+                for (key, d), number in zip(fresh, numbers, strict=True)
             }
-            for (key, d), ticket in zip(fresh, tickets, strict=True)
-        }
-        self._staged.update(docs)
-        try:
-            written = await self._written.get(list(docs))
-        finally:
-            for key in docs:
-                self._staged.pop(key, None)
-        seqs = {key: int(doc["seq"]) for key, doc in docs.items() if written.get(key)}
-        refused = [key for key in docs if not written.get(key)]
-        if refused:
-            # Another worker recorded the same event first: use its numbers, not ours.
+            self._staged.update(docs)
+            try:
+                written = await self._written.get(list(docs))
+            finally:
+                for key in docs:
+                    self._staged.pop(key, None)
+            seqs.update({key: int(doc["seq"]) for key, doc in docs.items() if written.get(key)})
+            self._raise_floors({doc["channel"]: doc["seq"] for doc in docs.values()})
+            refused = [key for key in docs if not written.get(key)]
+            if not refused:
+                return seqs
+            # Another attempt or worker recorded the same event first: use its numbers.
             existing = await self._log.find(refused)
             seqs.update({key: int(doc["seq"]) for key, doc in existing.items()})
-            if lost := [docs[key]["channel"] for key in refused if key not in existing]:
-                # The number was taken: the counter is behind its entries (restored or dropped).
-                for channel in sorted(set(lost)):
-                    await self._log.catch_up(channel)
-                raise StoreUnavailable("history counter was behind its entries; moved it on")
-        return seqs
+            # The rest lost their number to another worker: renumber after the newest entry.
+            fresh = [(key, d) for key, d in fresh if key in refused and key not in existing]
+            if not fresh:
+                return seqs
+            for channel in sorted({d.channel for _, d in fresh}):
+                newest = await self._log.newest(channel)
+                self._last[channel] = max(self._last.get(channel, 0), newest)
+            numbers = await self._take([d.channel for _, d in fresh])
+        raise StoreUnavailable("history numbers kept colliding with another worker's; will retry")
+
+    def _raise_floors(self, highest: Mapping[str, int]) -> None:
+        """Raise the channels' floors in the background, at most once per ``FLOOR_INTERVAL_S``.
+
+        A floor only matters once a channel's entries have all expired, or to a worker that
+        meets the channel for the first time; one lost with a crash is repaired by the next
+        refused insert (the entries themselves are the truth).
+        """
+        for channel, seq in highest.items():
+            self._raised[channel] = max(seq, self._raised.get(channel, 0))
+        if self._raising is None or self._raising.done():
+            self._raising = asyncio.create_task(self._raise_pending())
+
+    async def _raise_pending(self) -> None:
+        while self._raised:
+            await self._write_floors()
+            await asyncio.sleep(FLOOR_INTERVAL_S)  # a rate limit, not a synchronisation
+
+    async def _write_floors(self) -> None:
+        batch, self._raised = self._raised, {}
+        try:
+            await self._log.raise_floors(batch)
+        except FanoutError as error:
+            log.warning("fanout.history_floor_failed", channels=len(batch), error=str(error))
+
+    async def close(self) -> None:
+        """Stop the background floor writer and write what it still holds (best effort)."""
+        if self._raising is not None:
+            self._raising.cancel()
+            await asyncio.gather(self._raising, return_exceptions=True)
+        if self._raised:
+            await self._write_floors()
 
     async def _bulk_recorded(self, ids: list[str]) -> Mapping[str, int]:
         return {key: int(doc["seq"]) for key, doc in (await self._log.find(ids)).items()}
 
-    async def _bulk_allocate(self, tickets: list[tuple[str, int]]) -> Mapping[tuple[str, int], int]:
-        by_channel: dict[str, list[tuple[str, int]]] = {}
-        for ticket in tickets:
-            by_channel.setdefault(ticket[0], []).append(ticket)
-        lasts = await asyncio.gather(
-            *(self._log.allocate(channel, len(group)) for channel, group in by_channel.items())
-        )
-        numbers: dict[tuple[str, int], int] = {}
-        for group, last in zip(by_channel.values(), lasts, strict=True):
-            first = last - len(group) + 1
-            numbers.update({ticket: first + i for i, ticket in enumerate(group)})
-        return numbers
+    async def _bulk_floors(self, channels: list[str]) -> Mapping[str, int]:
+        return await self._log.floors(channels)
 
     async def _bulk_insert(self, ids: list[str]) -> Mapping[str, bool]:
         docs = [self._staged[key] for key in ids if key in self._staged]
         refused = await self._log.insert(docs)
         return {str(doc["_id"]): doc["_id"] not in refused for doc in docs}
+
+
+#: How often one event's entries are renumbered after losing numbers to other workers.
+NUMBERING_ATTEMPTS: Final = 5
+#: The least time between two background writes of channel floors.
+FLOOR_INTERVAL_S: Final = 1.0
 
 
 def recorder(gateway: MongoGateway, settings: Settings) -> History:

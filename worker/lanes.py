@@ -1,116 +1,155 @@
-"""Keyed lanes: messages that share a key are handled one at a time, in arrival order.
+"""Keyed lanes: messages that share a key reach each ordered step in arrival order.
 
 A chat's events (``message.created``, ``typing.*``) all go to one ``private-chat-{id}``
 channel, and subscribers must see them in publish order even though the worker handles
-hundreds of messages at once. Each conversation gets a lane: an ``asyncio.Lock``, which
-admits its waiters first-come first-served, so a message enters its lane in the order it
-was delivered as long as it asks for the lane before its first ``await``. Events without a
-lane (``None``) never wait. A lane exists only while someone holds or waits for it.
+hundreds of messages at once. Holding a lock per conversation for a message's whole
+processing would keep order, but it serialises every MongoDB round trip of a conversation
+and caps a busy chat at a few dozen messages a second. So only the two steps where order
+shows are ordered:
+
+- ``NUMBER``: taking history cursors, so a channel's cursors follow publish order;
+- ``SEND``: handing deliveries to Soketi (the trigger batcher keeps a channel's requests
+  in the order they were handed over).
+
+Each message takes a ``Turn`` in its lane on arrival, before its first ``await``. It runs
+its lookups concurrently with everyone else; before an ordered step it waits until the
+message ahead of it in the lane has passed that step (or finished: a duplicate, a failure,
+a drop). Events without a lane get a turn that never waits. A lane exists only while one
+of its turns is unfinished.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from types import TracebackType
+from collections.abc import Callable
+from functools import partial
+from typing import Final
 
 import orjson
+
+#: The ordered steps, in the order a message passes them.
+NUMBER: Final = 0
+SEND: Final = 1
+_STEPS: Final = 2
 
 #: Event type families whose ``data.conversationId`` names the lane.
 LANED_FAMILIES = ("message.", "typing.")
 
 
 def lane_key(body: bytes) -> str | None:
-    """The conversation a raw message belongs to, or ``None`` (no lane) for anything else.
+    """The conversation a raw message belongs to, or ``None`` (no lane) for anything else."""
+    return peek(body)[0]
+
+
+def peek(body: bytes) -> tuple[str | None, str | None]:
+    """The lane (conversation) and envelope id of a raw message, each ``None`` if unreadable.
 
     Cheap and forgiving on purpose: it runs before parsing, and whatever it cannot read
-    simply gets no lane; the pipeline's own parse decides whether the message is valid.
+    simply gets no lane or id; the pipeline's own parse decides whether the message is valid.
     """
     try:
         envelope = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        return None, None
     if not isinstance(envelope, dict):
-        return None
+        return None, None
+    event_id = envelope.get("id")
+    event_id = event_id if isinstance(event_id, str) and event_id else None
     event_type = envelope.get("type")
     if not isinstance(event_type, str) or not event_type.startswith(LANED_FAMILIES):
-        return None
+        return None, event_id
     data = envelope.get("data")
-    if not isinstance(data, dict):
-        return None
-    conversation = data.get("conversationId")
-    return conversation if isinstance(conversation, str) and conversation else None
+    conversation = data.get("conversationId") if isinstance(data, dict) else None
+    lane = conversation if isinstance(conversation, str) and conversation else None
+    return lane, event_id
 
 
-@dataclass(slots=True)
-class _Lane:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0  # holders plus waiters; the lane is dropped when it reaches 0
+class Turn:
+    """One message's place in its lane (``Lanes.turn``).
+
+    A step counts as passed for the turns behind only once every turn ahead has passed it
+    too: a message that finishes early (a duplicate, a failure) hands its steps on when the
+    one ahead of it passes them, so nobody overtakes a message still on its way.
+    """
+
+    __slots__ = ("_ahead", "_key", "_lanes", "_passed", "_then")
+
+    def __init__(self, lanes: Lanes | None, key: str | None, ahead: Turn | None) -> None:
+        self._lanes = lanes
+        self._key = key
+        self._ahead = ahead
+        steps = _STEPS if lanes is not None else 0
+        self._passed = [asyncio.Event() for _ in range(steps)]
+        self._then: list[list[Callable[[], None]]] = [[] for _ in range(steps)]
+
+    async def wait(self, step: int) -> None:
+        """Return once every message ahead has passed ``step`` (at once without a lane)."""
+        ahead = self._ahead
+        if ahead is None:
+            return
+        await ahead._passed[step].wait()
+        if step == _STEPS - 1:
+            self._ahead = None  # everything ahead is past every step: let it be collected
+
+    def passed(self, step: int) -> None:
+        """This message has passed ``step`` and every step before it (after ``wait(step)``)."""
+        for earlier in range(step + 1 if self._lanes is not None else 0):
+            self._pass(earlier)
+
+    def finish(self) -> None:
+        """This message is done, whatever became of it: it no longer holds anyone up."""
+        if self._lanes is None or self._key is None:
+            return
+        for step in range(_STEPS):
+            if self._passed[step].is_set():
+                continue
+            ahead = self._ahead
+            if ahead is None or ahead._passed[step].is_set():
+                self._pass(step)
+            else:
+                ahead._then[step].append(partial(self._pass, step))
+        self._ahead = None
+
+    def _pass(self, step: int) -> None:
+        event = self._passed[step]
+        if event.is_set():
+            return
+        event.set()
+        then, self._then[step] = self._then[step], []
+        for callback in then:
+            callback()
+        if step == _STEPS - 1 and self._lanes is not None and self._key is not None:
+            # Past every step, and so is everyone ahead: a newcomer need not wait for us.
+            self._lanes._leave(self._key, self)
+
+
+#: The turn of a message without a lane.
+UNORDERED: Final = Turn(None, None, None)
 
 
 class Lanes:
-    """One FIFO lane per key, created on first use and dropped when idle."""
+    """One lane per key: the last turn taken in it, dropped once that turn is past every step."""
 
-    __slots__ = ("_lanes",)
+    __slots__ = ("_last",)
 
     def __init__(self) -> None:
-        self._lanes: dict[str, _Lane] = {}
+        self._last: dict[str, Turn] = {}
 
     def __len__(self) -> int:
-        """How many lanes are held or awaited right now."""
-        return len(self._lanes)
+        """How many lanes have a turn not yet past every step."""
+        return len(self._last)
 
-    def hold(self, key: str | None) -> Held:
-        """An async context manager holding ``key``'s lane (``None``: no lane, no waiting).
+    def turn(self, key: str | None) -> Turn:
+        """A new turn at the end of ``key``'s lane (``None``: no lane, never waits).
 
-        Call it, and enter it, before the message's first ``await``: a waiter's place in
-        line is taken when it is entered.
+        Take it before the message's first ``await``: the place in line is taken here.
         """
-        return Held(self, key)
+        if key is None:
+            return UNORDERED
+        turn = Turn(self, key, self._last.get(key))
+        self._last[key] = turn
+        return turn
 
-    def _join(self, key: str) -> _Lane:
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = _Lane()
-        lane.users += 1
-        return lane
-
-    def _leave(self, key: str, lane: _Lane) -> None:
-        lane.users -= 1
-        if lane.users == 0:
-            del self._lanes[key]
-
-
-class Held:
-    """Holding one lane; returned by ``Lanes.hold``."""
-
-    __slots__ = ("_key", "_lane", "_lanes")
-
-    def __init__(self, lanes: Lanes, key: str | None) -> None:
-        self._lanes = lanes
-        self._key = key
-        self._lane: _Lane | None = None
-
-    async def __aenter__(self) -> None:
-        if self._key is None:
-            return
-        lane = self._lanes._join(self._key)
-        try:
-            # Uncontended, this returns without yielding; contended, it queues us FIFO.
-            await lane.lock.acquire()
-        except BaseException:  # cancelled while waiting: give the place up
-            self._lanes._leave(self._key, lane)
-            raise
-        self._lane = lane
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        lane, self._lane = self._lane, None
-        if lane is None or self._key is None:
-            return
-        lane.lock.release()
-        self._lanes._leave(self._key, lane)
+    def _leave(self, key: str, turn: Turn) -> None:
+        if self._last.get(key) is turn:
+            del self._last[key]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from bson import ObjectId
-from pymongo import AsyncMongoClient, ReturnDocument
+from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
@@ -374,14 +374,15 @@ CURSORS = "fanout_cursors"
 
 
 class HistoryLog:
-    """Channel history (``fanout_history``) and its per-channel counters (``fanout_cursors``).
+    """Channel history (``fanout_history``) and its per-channel floors (``fanout_cursors``).
 
-    A counter is one document per channel, ``{_id: channel, seq}``, advanced with ``$inc`` so
-    that concurrent workers never hand out the same number; counters are never deleted, so
-    numbers never go back. An entry's ``_id`` is ``{eventId}:{channel}``: a retried event
-    finds its entry instead of writing a second one. A unique ``(channel, seq)`` index guards
-    the numbering; ``at`` carries a TTL index for real MongoDB, and ``sweep`` deletes expired
-    entries too, for servers without TTL.
+    An entry's ``_id`` is ``{eventId}:{channel}``: a retried event finds its entry instead of
+    writing a second one. A unique ``(channel, seq)`` index guards the numbering: a worker
+    numbers entries itself and learns from a refused insert that another took the number.
+    A floor is one document per channel, ``{_id: channel, seq}``, raised with ``$max`` to the
+    highest number written and never deleted, so numbers never go back even once every
+    entry of a channel has expired. ``at`` carries a TTL index for real MongoDB, and
+    ``sweep`` deletes expired entries too, for servers without TTL.
     """
 
     def __init__(
@@ -412,19 +413,30 @@ class HistoryLog:
 
         await self._gateway.run("create index", query)
 
-    async def allocate(self, channel: str, count: int) -> int:
-        """Reserve ``count`` numbers on ``channel``'s counter; return the last of them."""
+    async def floors(self, channels: Collection[str]) -> dict[str, int]:
+        """The recorded floor of each of ``channels`` that has one."""
+        filter_ = {"_id": {"$in": sorted(set(channels))}}
 
-        async def query() -> int:
-            doc = await self._counters.find_one_and_update(
-                {"_id": channel},
-                {"$inc": {"seq": count}},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-            return int(doc["seq"])
+        async def query() -> list[Document]:
+            docs: list[Document] = await self._counters.find(filter_).to_list(None)
+            return docs
 
-        return await self._gateway.run("history allocate", query)
+        found = await self._gateway.run("history floors", query)
+        return {str(doc["_id"]): int(doc["seq"]) for doc in found}
+
+    async def raise_floors(self, highest: Mapping[str, int]) -> None:
+        """Raise each channel's floor to at least ``highest[channel]`` (one bulk write)."""
+        if not highest:
+            return
+        updates = [
+            UpdateOne({"_id": channel}, {"$max": {"seq": seq}}, upsert=True)
+            for channel, seq in sorted(highest.items())
+        ]
+
+        async def query() -> None:
+            await self._counters.bulk_write(updates, ordered=False)
+
+        await self._gateway.run("history floors", query)
 
     async def find(self, ids: Collection[str]) -> dict[str, Document]:
         """Entries by ``_id``."""
@@ -456,19 +468,14 @@ class HistoryLog:
 
         return await self._gateway.run("history insert", query)
 
-    async def catch_up(self, channel: str) -> None:
-        """Move ``channel``'s counter past its newest entry (after a counter was lost)."""
+    async def newest(self, channel: str) -> int:
+        """The highest number among ``channel``'s entries (0 when it has none)."""
 
-        async def query() -> None:
-            newest = await self._entries.find_one(
-                {"channel": channel}, {"seq": 1}, sort=[("seq", -1)]
-            )
-            if newest is not None:
-                await self._counters.update_one(
-                    {"_id": channel}, {"$max": {"seq": int(newest["seq"])}}, upsert=True
-                )
+        async def query() -> int:
+            doc = await self._entries.find_one({"channel": channel}, {"seq": 1}, sort=[("seq", -1)])
+            return 0 if doc is None else int(doc["seq"])
 
-        await self._gateway.run("history catch up", query)
+        return await self._gateway.run("history newest", query)
 
     async def after(self, channel: str, seq: int | None, limit: int) -> list[Document]:
         """Up to ``limit`` entries of ``channel`` numbered above ``seq``, oldest first."""
@@ -493,7 +500,7 @@ class HistoryLog:
         return await self._gateway.run("history read", query)
 
     async def last_allocated(self, channel: str) -> int:
-        """The last number handed out on ``channel`` (0 before its first entry)."""
+        """The floor of ``channel``: about the last number handed out (0 before any)."""
 
         async def query() -> int:
             doc = await self._counters.find_one({"_id": channel})

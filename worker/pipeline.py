@@ -1,7 +1,9 @@
 """Processing one message: parse -> drop stale | skip duplicate -> load -> decide -> deliver.
 
 Deliveries of non-ephemeral events are numbered and recorded in history (``Deps.history``)
-between decide and deliver, so every payload carries its channel cursor.
+between decide and deliver, so every payload carries its channel cursor. A message's
+``Turn`` (``worker.lanes``) orders numbering and handing over to Soketi within its
+conversation; everything else runs concurrently.
 
 Nothing here acks, rejects or publishes: the consumer's ``settle`` does that, driven by the
 ``Result`` returned or the ``FanoutError`` raised.
@@ -14,12 +16,14 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 from handlers import route
 from handlers.model import Delivery, Store
 from schemas import EPHEMERAL_TYPES, Event, EventRejected, parse_event
 from worker.errors import FanoutError, InvalidMessage, TransientError
+from worker.lanes import NUMBER, SEND, UNORDERED, Turn
 
 Outcome = Literal["delivered", "duplicate", "dropped"]
 
@@ -36,21 +40,43 @@ class Deliverer(Protocol):
     """Something that triggers deliveries on Soketi (``worker.soketi.SoketiClient``)."""
 
     async def deliver(
-        self, deliveries: Sequence[Delivery], socket_id: str | None = None
+        self,
+        deliveries: Sequence[Delivery],
+        socket_id: str | None = None,
+        queued: Callable[[], None] | None = None,
     ) -> int: ...
 
 
 class Recorder(Protocol):
-    """Numbers and records deliveries before they go out (``worker.history.History``)."""
+    """Numbers and records deliveries before they go out (``worker.history.History``).
 
-    async def stamp(self, event: Event, deliveries: Sequence[Delivery]) -> list[Delivery]: ...
+    ``stamp`` waits for ``turn``'s ``NUMBER`` step before numbering and passes it once the
+    numbers are taken. ``maybe_recorded`` is false on a message's first delivery, when no
+    earlier attempt can have recorded it (a lookup saved).
+    """
+
+    async def stamp(
+        self,
+        event: Event,
+        deliveries: Sequence[Delivery],
+        turn: Turn = UNORDERED,
+        maybe_recorded: bool = True,
+    ) -> list[Delivery]: ...
 
 
 class NoHistory:
     """A ``Recorder`` that records nothing and leaves deliveries as they are."""
 
-    async def stamp(self, event: Event, deliveries: Sequence[Delivery]) -> list[Delivery]:
+    async def stamp(
+        self,
+        event: Event,
+        deliveries: Sequence[Delivery],
+        turn: Turn = UNORDERED,
+        maybe_recorded: bool = True,
+    ) -> list[Delivery]:
         """``deliveries`` unchanged."""
+        await turn.wait(NUMBER)
+        turn.passed(NUMBER)
         return list(deliveries)
 
 
@@ -59,7 +85,8 @@ class InFlightIds:
 
     Two copies of an id (a redelivery racing the original, a backend publishing twice) may
     sit in the same prefetch window; without this both could pass the duplicate check before
-    either is recorded.
+    either is recorded. The consumer holds a message's id from arrival to settlement, so a
+    copy never waits on a lane turn of the copy it waits for.
     """
 
     def __init__(self) -> None:
@@ -159,43 +186,50 @@ def parse(body: bytes) -> Event:
         raise InvalidMessage(str(error), reason=error.reason) from error
 
 
-async def process(body: bytes, deps: Deps) -> Result:
-    """Take one message body all the way to Soketi; raise a ``FanoutError`` when it cannot."""
+async def process(
+    body: bytes, deps: Deps, turn: Turn = UNORDERED, *, maybe_recorded: bool = True
+) -> Result:
+    """Take one message body all the way to Soketi; raise a ``FanoutError`` when it cannot.
+
+    The caller holds the event id (``Deps.in_flight``) and finishes ``turn`` afterwards.
+    """
     event = parse(body)
     try:
         if event.type in EPHEMERAL_TYPES:
-            return await _process_ephemeral(event, deps)
-        return await _deliver_once(event, deps)
+            return await _process_ephemeral(event, deps, turn)
+        return await _deliver_once(event, deps, turn, maybe_recorded)
     except FanoutError as error:
         error.event_type, error.event_id = event.type, event.id
         raise
 
 
-async def _deliver_once(event: Event, deps: Deps) -> Result:
-    async with deps.in_flight.hold(event.id):
-        pushed = deps.unrecorded.get(event.id)
-        if pushed is None:
-            if await deps.processed.seen((event.id,)):
-                return Result(event, "duplicate")
-            handler = route(event)
-            deliveries = handler.decide(event, await handler.load(event, deps.store))
-            if deliveries:
-                deliveries = await deps.history.stamp(event, deliveries)
-                # Recorded first: while Soketi is down, polling clients already see it.
-                await deps.soketi_gate.wait()
-                await deps.soketi.deliver(deliveries, event.socket_id)
-            pushed = (len(deliveries), deps.clock() - event.timestamp_ms / 1000)
-        try:
-            await deps.processed.record((event.id,))
-        except BaseException:
-            # Soketi has it: whatever retries this event must only record it, not push again.
-            deps.unrecorded.add(event.id, *pushed)
-            raise
-        deps.unrecorded.discard(event.id)
-        return Result(event, "delivered", *pushed)
+async def _deliver_once(
+    event: Event, deps: Deps, turn: Turn, maybe_recorded: bool = False
+) -> Result:
+    pushed = deps.unrecorded.get(event.id)
+    if pushed is None:
+        if await deps.processed.seen((event.id,)):
+            return Result(event, "duplicate")
+        handler = route(event)
+        deliveries = handler.decide(event, await handler.load(event, deps.store))
+        if deliveries:
+            deliveries = await deps.history.stamp(event, deliveries, turn, maybe_recorded)
+            # Recorded first: while Soketi is down, polling clients already see it.
+            await deps.soketi_gate.wait()
+            await turn.wait(SEND)
+            await deps.soketi.deliver(deliveries, event.socket_id, partial(turn.passed, SEND))
+        pushed = (len(deliveries), deps.clock() - event.timestamp_ms / 1000)
+    try:
+        await deps.processed.record((event.id,))
+    except BaseException:
+        # Soketi has it: whatever retries this event must only record it, not push again.
+        deps.unrecorded.add(event.id, *pushed)
+        raise
+    deps.unrecorded.discard(event.id)
+    return Result(event, "delivered", *pushed)
 
 
-async def _process_ephemeral(event: Event, deps: Deps) -> Result:
+async def _process_ephemeral(event: Event, deps: Deps, turn: Turn) -> Result:
     """Typing events: no retry, no history; stale or undeliverable ones are dropped."""
     age_s = deps.clock() - event.timestamp_ms / 1000
     if age_s > deps.ephemeral_max_age_s:
@@ -203,6 +237,6 @@ async def _process_ephemeral(event: Event, deps: Deps) -> Result:
     if not deps.soketi_gate.is_open():
         return Result(event, "dropped", age_s=age_s, detail="soketi_unavailable")
     try:
-        return await _deliver_once(event, deps)
+        return await _deliver_once(event, deps, turn)
     except TransientError as error:
         return Result(event, "dropped", age_s=age_s, detail=error.reason)

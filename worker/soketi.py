@@ -213,13 +213,24 @@ class SoketiClient:
         """The size limits this client enforces before sending."""
         return self._limits
 
-    async def deliver(self, deliveries: Sequence[Delivery], socket_id: str | None = None) -> int:
-        """Trigger every delivery of one event; return how many API calls it took."""
+    async def deliver(
+        self,
+        deliveries: Sequence[Delivery],
+        socket_id: str | None = None,
+        queued: Callable[[], None] | None = None,
+    ) -> int:
+        """Trigger every delivery of one event; return how many API calls it took.
+
+        ``queued`` is called once later deliveries can no longer overtake these: here, when
+        Soketi has accepted them.
+        """
         requests = plan_requests(deliveries, socket_id, self._limits)
         for planned in requests:
             await self.call("POST", f"/apps/{self._creds.app_id}/{planned.endpoint}", planned.body)
             if self._on_request is not None:
                 self._on_request(planned.triggers)
+        if queued is not None:
+            queued()
         return len(requests)
 
     async def send_batch(self, entries: Sequence[Mapping[str, Any]]) -> None:

@@ -9,12 +9,18 @@ from typing import Any
 
 import aiohttp
 import jwt
+import orjson
 import pytest
+from pymongo import AsyncMongoClient
 
+from handlers.model import Delivery
+from schemas import parse_event
 from tests.integration.harness import Fanout, envelope, running_worker
 from tests.integration.proxy import TcpProxy
 from worker.devstack import SoketiServer
-from worker.history import format_cursor, parse_cursor
+from worker.history import History, format_cursor, parse_cursor
+from worker.mongo import HistoryLog, MongoGateway
+from worker.retry import RetryPolicy
 from worker.watch import Received
 
 JWT_SECRET = "history-jwt-secret-" + "7a" * 24
@@ -214,15 +220,20 @@ async def test_retried_event_reuses_its_cursor(
             "private-user-u2": format_cursor(1),
         }
         assert live.data["cursor"] == format_cursor(2)
-        counters = await fanout.db.fanout_cursors.find().sort("_id").to_list(None)
-        assert [(c["_id"], c["seq"]) for c in counters] == [
-            ("private-admin", 2),
-            ("private-seller-shopA", 1),
-            ("private-user-u2", 1),
-        ]
-        # Looked up on every attempt (at least two for the retried event), numbered once.
-        assert queries(fanout, "history find") >= 3
-        assert queries(fanout, "history allocate") == 1 + 3
+
+        # Floors follow the numbers handed out (written in the background).
+        async def floors() -> list[tuple[str, int]]:
+            counters = await fanout.db.fanout_cursors.find().sort("_id").to_list(None)
+            return [(c["_id"], c["seq"]) for c in counters]
+
+        expected = [("private-admin", 2), ("private-seller-shopA", 1), ("private-user-u2", 1)]
+        await until(lambda: _equals(floors(), expected))
+        # Not looked up on its first delivery (nothing can be recorded yet), on each retry yes.
+        assert queries(fanout, "history find") == 2
+
+
+async def _equals(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
 
 
 def queries(fanout: Fanout, operation: str) -> float:
@@ -400,3 +411,45 @@ def _sync(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return condition()
 
     return check
+
+
+async def test_two_workers_numbering_one_channel_never_share_a_number(
+    mongo_url: str, names: Any
+) -> None:
+    """Two recorders (two worker processes) number the same channels from their own
+    memory; the unique index makes the loser renumber, so every entry keeps a distinct
+    number, the cursor each delivery carries is the one stored, and later numbers follow."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        gateway = MongoGateway(client[names.db], RetryPolicy.instant())
+        log = HistoryLog(gateway, 3600)
+        first, second = History(log), History(log)
+        await first.ensure_indexes()
+
+        async def record(history: History, n: int) -> list[Delivery]:
+            event = parse_event(orjson.dumps(alert(f"a{n}")))
+            deliveries = [
+                Delivery("private-admin", "system-alert", {"n": n}),
+                Delivery(f"private-user-u{n % 3}", "system-alert", {"n": n}),
+            ]
+            return await history.stamp(event, deliveries, maybe_recorded=False)
+
+        stamped = await asyncio.gather(*(record(first if n % 2 else second, n) for n in range(60)))
+        stored = await client[names.db].fanout_history.find().to_list(None)
+        numbers = [(doc["channel"], doc["seq"]) for doc in stored]
+        assert len(stored) == 120
+        assert len(set(numbers)) == 120, "two entries share a (channel, number)"
+        by_payload = {(doc["channel"], doc["payload"]["n"]): doc["cursor"] for doc in stored}
+        for deliveries in stamped:
+            for d in deliveries:
+                assert d.payload["cursor"] == by_payload[(d.channel, d.payload["n"])]
+        # Whoever numbers next continues after everything written, never inside it.
+        after, _ = await record(first, 1000)
+        admin = [seq for channel, seq in numbers if channel == "private-admin"]
+        assert parse_cursor(after.payload["cursor"]) > max(admin)
+        await first.close()
+        await second.close()
+        floor = await client[names.db].fanout_cursors.find_one({"_id": "private-admin"})
+        assert floor is not None and floor["seq"] >= max(admin)
+    finally:
+        await client.close()

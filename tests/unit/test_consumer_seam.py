@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,8 +51,15 @@ class Soketi:
     def __init__(self) -> None:
         self.pushed: list[Delivery] = []
 
-    async def deliver(self, deliveries: Sequence[Delivery], socket_id: str | None = None) -> int:
+    async def deliver(
+        self,
+        deliveries: Sequence[Delivery],
+        socket_id: str | None = None,
+        queued: Callable[[], None] | None = None,
+    ) -> int:
         self.pushed.extend(deliveries)
+        if queued is not None:
+            queued()
         return 1
 
 

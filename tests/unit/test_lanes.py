@@ -1,4 +1,4 @@
-"""Keyed lanes: per-conversation order under concurrency, parallel keys, no idle lanes kept."""
+"""Keyed lanes: per-conversation order at the ordered steps, parallel keys, no idle lanes."""
 
 from __future__ import annotations
 
@@ -8,121 +8,144 @@ import random
 import orjson
 import pytest
 
-from worker.lanes import Lanes, lane_key
+from worker.lanes import NUMBER, SEND, UNORDERED, Lanes, lane_key, peek
 
 
 async def handle(
-    lanes: Lanes, key: str | None, seq: int, log: list[tuple[str | None, int]]
+    lanes: Lanes, key: str | None, seq: int, log: list[tuple[str, str | None, int]]
 ) -> None:
-    """A message handler: take the lane first (before any await), then do uneven work."""
-    async with lanes.hold(key):
-        # Later messages often finish their own work sooner; the lane must not care.
-        for _ in range(random.randint(0, 5)):
-            await asyncio.sleep(0)
-        await asyncio.sleep(random.random() / 1000)
-        log.append((key, seq))
+    """A message handler: take the turn first (before any await), then do uneven work with
+    the two ordered steps in between; finish the turn whatever happens."""
+    turn = lanes.turn(key)
+    try:
+        await jitter()  # lookups: later messages often finish them sooner
+        await turn.wait(NUMBER)
+        log.append(("number", key, seq))
+        turn.passed(NUMBER)
+        await jitter()  # the history write
+        await turn.wait(SEND)
+        log.append(("send", key, seq))
+        turn.passed(SEND)
+        await jitter()  # waiting for Soketi's answer: unordered
+    finally:
+        turn.finish()
 
 
-async def test_order_is_kept_per_key_under_concurrency() -> None:
-    """Many interleaved messages started at once finish in arrival order within each key."""
+async def jitter() -> None:
+    """Uneven work: a few loop turns and a random sub-millisecond sleep."""
+    for _ in range(random.randint(0, 5)):
+        await asyncio.sleep(0)
+    await asyncio.sleep(random.random() / 1000)
+
+
+async def test_order_is_kept_per_key_at_each_ordered_step() -> None:
+    """Many interleaved messages started at once pass NUMBER and SEND in arrival order
+    within each key, while the keys interleave freely."""
     random.seed(7)
     lanes = Lanes()
-    log: list[tuple[str | None, int]] = []
+    log: list[tuple[str, str | None, int]] = []
     arrivals = [(f"c{random.randrange(8)}", n) for n in range(800)]
     await asyncio.gather(*(handle(lanes, key, n, log) for key, n in arrivals))
-    for key in {k for k, _ in arrivals}:
-        done = [n for k, n in log if k == key]
-        assert done == sorted(done), key
-    assert len(log) == len(arrivals)
+    for step in ("number", "send"):
+        for key in {k for k, _ in arrivals}:
+            done = [n for s, k, n in log if s == step and k == key]
+            assert done == sorted(done), (step, key)
+            assert len(done) == sum(1 for k, _ in arrivals if k == key)
+    assert len(lanes) == 0
 
 
-async def test_different_keys_and_no_key_run_in_parallel() -> None:
-    """A busy lane blocks only its own key: other keys and unlaned messages pass it."""
+async def test_unordered_work_of_one_key_overlaps() -> None:
+    """Only the ordered steps wait: a message's lookups run while the one ahead is stuck
+    before its send, and it may number while the one ahead waits to send."""
     lanes = Lanes()
-    release = asyncio.Event()
-    order: list[str] = []
-
-    async def slow(key: str | None, name: str) -> None:
-        async with lanes.hold(key):
-            await release.wait()
-            order.append(name)
-
-    async def fast(key: str | None, name: str) -> None:
-        async with lanes.hold(key):
-            order.append(name)
-
-    tasks = [
-        asyncio.create_task(slow("a", "a1")),
-        asyncio.create_task(fast("a", "a2")),
-        asyncio.create_task(fast("b", "b1")),
-        asyncio.create_task(fast(None, "none1")),
-        asyncio.create_task(slow(None, "none2")),
-        asyncio.create_task(fast(None, "none3")),
-    ]
+    first, second = lanes.turn("a"), lanes.turn("a")
+    first.passed(NUMBER)
     async with asyncio.timeout(1):
-        while len(order) < 3:  # noqa: ASYNC110  # the handlers have no event of their own
-            await asyncio.sleep(0)
-    assert sorted(order) == ["b1", "none1", "none3"]
-    release.set()
-    await asyncio.gather(*tasks)
-    assert order.index("a1") < order.index("a2")
+        await second.wait(NUMBER)  # the first has numbered, not sent: enough
+    waiting = asyncio.create_task(second.wait(SEND))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    first.passed(SEND)
+    async with asyncio.timeout(1):
+        await waiting
+
+
+async def test_different_keys_and_no_key_never_wait() -> None:
+    """A stuck turn blocks only its own key: other keys and unlaned messages pass it."""
+    lanes = Lanes()
+    lanes.turn("a")  # never passes anything
+    async with asyncio.timeout(1):
+        for turn in (lanes.turn("b"), lanes.turn(None), lanes.turn(None)):
+            await turn.wait(NUMBER)
+            await turn.wait(SEND)
+    assert lanes.turn(None) is UNORDERED
+
+
+async def test_a_finished_turn_releases_the_ones_behind_it() -> None:
+    """A message that stops early (a duplicate, an error, a cancel) finishes its turn, and
+    the next message of the conversation goes on; idle lanes are dropped."""
+    lanes = Lanes()
+    first, second, third = lanes.turn("a"), lanes.turn("a"), lanes.turn("a")
+    second.finish()  # e.g. a duplicate: done before the first even numbered
+    waiting = asyncio.create_task(third.wait(SEND))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # the third follows the second, which followed the first...
+    first.finish()
+    async with asyncio.timeout(1):
+        await waiting
+    assert len(lanes) == 1  # the third is the lane's last turn, unfinished
+    third.finish()
+    assert len(lanes) == 0
+
+
+async def test_a_lane_outlives_finished_turns_while_one_ahead_is_unfinished() -> None:
+    """The last turn finishing early does not drop the lane while a turn ahead of it is still
+    on its way: a newcomer must queue behind that one, not start a fresh lane."""
+    lanes = Lanes()
+    first, second = lanes.turn("a"), lanes.turn("a")
+    second.finish()
+    newcomer = lanes.turn("a")
+    waiting = asyncio.create_task(newcomer.wait(NUMBER))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    first.passed(NUMBER)
+    async with asyncio.timeout(1):
+        await waiting
+    first.finish()
+    newcomer.finish()
+    assert len(lanes) == 0
 
 
 async def test_idle_lanes_are_dropped() -> None:
-    """Once nobody holds or waits for a key, its lane is gone; busy keys stay until done."""
+    """Once every turn of a key has finished, its lane is gone; busy keys stay until done."""
     lanes = Lanes()
-    release = asyncio.Event()
-
-    async def hold(key: str) -> None:
-        async with lanes.hold(key):
-            await release.wait()
-
-    tasks = [asyncio.create_task(hold(f"c{n % 50}")) for n in range(200)]
-    await asyncio.sleep(0)
+    turns = [lanes.turn(f"c{n % 50}") for n in range(200)]
     assert len(lanes) == 50
-    release.set()
-    await asyncio.gather(*tasks)
+    for turn in turns:
+        turn.finish()
     assert len(lanes) == 0
     for n in range(10_000):
-        async with lanes.hold(f"once-{n}"):
-            pass
+        lanes.turn(f"once-{n}").finish()
     assert len(lanes) == 0
 
 
-async def test_a_cancelled_waiter_gives_up_its_place() -> None:
-    """Cancelling a message waiting in a lane neither blocks the next one nor leaks the lane."""
-    lanes = Lanes()
-    release = asyncio.Event()
-    done: list[str] = []
-
-    async def first() -> None:
-        async with lanes.hold("a"):
-            await release.wait()
-            done.append("first")
-
-    async def later(name: str) -> None:
-        async with lanes.hold("a"):
-            done.append(name)
-
-    tasks = [asyncio.create_task(first()), asyncio.create_task(later("second"))]
-    third = asyncio.create_task(later("third"))
-    await asyncio.sleep(0)
-    tasks[1].cancel()
-    release.set()
-    await asyncio.gather(*tasks, third, return_exceptions=True)
-    assert done == ["first", "third"]
-    assert len(lanes) == 0
-
-
-async def test_an_error_inside_the_lane_releases_it() -> None:
-    """A handler that raises frees its lane for the next message of the conversation."""
-    lanes = Lanes()
-    with pytest.raises(RuntimeError):
-        async with lanes.hold("a"):
-            raise RuntimeError("boom")
-    async with asyncio.timeout(1), lanes.hold("a"):
-        pass
-    assert len(lanes) == 0
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            b'{"id": "e1", "type": "message.created", "data": {"conversationId": "c1"}}',
+            ("c1", "e1"),
+        ),
+        (b'{"id": "e2", "type": "order.created", "data": {"conversationId": "c1"}}', (None, "e2")),
+        (b'{"id": 3, "type": "typing.started", "data": {"conversationId": "c2"}}', ("c2", None)),
+        (b'{"id": "", "type": "user.registered"}', (None, None)),
+        (b"[1]", (None, None)),
+        (b"{oops", (None, None)),
+    ],
+)
+def test_peek_reads_lane_and_id(raw: bytes, expected: tuple[str | None, str | None]) -> None:
+    """The consumer's cheap look at a raw body: the conversation and the envelope id."""
+    assert peek(raw) == expected
 
 
 def body(envelope: object) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -48,7 +48,12 @@ class Soketi:
     def __init__(self) -> None:
         self.pushed: list[Delivery] = []
 
-    async def deliver(self, deliveries: Sequence[Delivery], socket_id: str | None = None) -> int:
+    async def deliver(
+        self,
+        deliveries: Sequence[Delivery],
+        socket_id: str | None = None,
+        queued: Callable[[], None] | None = None,
+    ) -> int:
         self.pushed.extend(deliveries)
         return 1
 
