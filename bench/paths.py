@@ -50,6 +50,8 @@ class MongoShare:
     soketi_s: float
     messages: int
     operations: dict[str, tuple[int, float]]  # operation -> (count, summed seconds)
+    soketi_calls: int = 0
+    soketi_triggers: int = 0  # Pusher events those calls carried
 
 
 @dataclass(slots=True)
@@ -413,4 +415,6 @@ def _mongo_share(before: dict[str, float], after: dict[str, float]) -> MongoShar
         soketi_s=delta(f"{prefix}soketi_request_seconds_sum"),
         messages=int(delta(f"{prefix}processing_seconds_count")),
         operations=operations,
+        soketi_calls=int(delta(f"{prefix}triggers_per_request_count")),
+        soketi_triggers=int(delta(f"{prefix}triggers_per_request_sum")),
     )

@@ -169,6 +169,7 @@ def _mongo(table: Sequence[Row]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     operations: dict[str, list[tuple[int, float]]] = {}
+    calls: list[str] = []
     for row in measured:
         share = row.mongo[len(row.mongo) // 2]
         total = share.processing_s or float("nan")
@@ -177,9 +178,16 @@ def _mongo(table: Sequence[Row]) -> list[str]:
             f"| {share.mongodb_s:.2f} | {share.mongodb_s / total:.0%} "
             f"| {share.soketi_s:.2f} | {share.soketi_s / total:.0%} |"
         )
+        if share.soketi_calls:
+            calls.append(
+                f"{row.path} {share.soketi_calls:,} calls, "
+                f"{share.soketi_triggers / share.soketi_calls:.1f} Pusher events per call"
+            )
         if row.path == "worker":
             for name, stat in share.operations.items():
                 operations.setdefault(name, []).append(stat)
+    if calls:
+        lines += ["", "Soketi API calls (batch_events of up to 10): " + "; ".join(calls) + "."]
     if operations:
         lines += [
             "",

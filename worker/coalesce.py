@@ -36,8 +36,13 @@ class Coalescer(Generic[K, V]):
             return {}
         futures = {key: self._future(key) for key in keys}
         self._schedule()
-        values = await asyncio.gather(*futures.values())
-        return {key: value for key, value in zip(futures, values, strict=True) if value is not None}
+        found: dict[K, V] = {}
+        for key, future in futures.items():
+            # One batch answers them all at once: after the first, these are already done.
+            value = await future
+            if value is not None:
+                found[key] = value
+        return found
 
     def _future(self, key: K) -> asyncio.Future[V | None]:
         future = self._pending.get(key)
@@ -56,7 +61,11 @@ class Coalescer(Generic[K, V]):
         self._scheduled = False
         if not self._pending or self._in_flight >= self._max_in_flight:
             return
-        batch, self._pending = self._pending, {}
+        if len(self._pending) <= self._max_batch:
+            batch, self._pending = self._pending, {}
+        else:  # the oldest keys go now, the rest with the next call
+            keys = list(self._pending)
+            batch = {key: self._pending.pop(key) for key in keys[: self._max_batch]}
         self._in_flight += 1
         task = asyncio.create_task(self._run(batch))
         self._tasks.add(task)
