@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,8 +248,22 @@ def _run(_: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         await app.run(settings, stop=stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (not on Windows), else asyncio's own.
+
+    The worker's CPU goes mostly to socket and callback bookkeeping; uvloop does that part
+    in C (about 10 % more events per second in ``bench/``).
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    return uvloop.new_event_loop
 
 
 def _schemas(args: argparse.Namespace) -> int:
