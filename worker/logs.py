@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
 
 
 def configure(fmt: str = "json", level: str = "info") -> None:
     """Route structlog and stdlib logging to stderr in ``fmt`` (``json`` or ``console``)."""
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        # orjson renders to bytes, written as they are: structlog's fast path.
+        structlog.processors.JSONRenderer(serializer=orjson.dumps)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
@@ -25,7 +27,11 @@ def configure(fmt: str = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=(
+            structlog.BytesLoggerFactory(sys.stderr.buffer)
+            if fmt == "json"
+            else structlog.PrintLoggerFactory(sys.stderr)
+        ),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
