@@ -175,3 +175,17 @@ async def test_a_redelivered_parked_message_is_not_parked_twice() -> None:
         await consumer.handle(message)  # type: ignore[arg-type]
     assert [copy.message_id for copy, _ in dead.published] == ["x1", "x2"]
     assert first.settled == again.settled == other.settled == ["ack"]
+
+
+async def test_a_copy_of_an_id_in_the_same_lane_neither_repeats_nor_stalls_the_lane() -> None:
+    """Two copies of one chat message (a backend publishing twice) and the next message of
+    the conversation, all in flight together: pushed once, the copy is a duplicate, and the
+    conversation goes on in order."""
+    soketi = Soketi()
+    consumer = _consumer(soketi, Exchange())
+    first, copy, after = Message(_chat(1)), Message(_chat(1)), Message(_chat(2))
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(consumer.handle(m) for m in (first, copy, after)))  # type: ignore[arg-type]
+    chat = [d.payload["content"] for d in soketi.pushed if d.channel == "private-chat-c1"]
+    assert chat == ["1", "2"]
+    assert first.settled == copy.settled == after.settled == ["ack"]
