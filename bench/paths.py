@@ -65,6 +65,7 @@ class Result:
     ages_s: list[float] = field(default_factory=list)
     cpu_s_per_1k: float | None = None
     peak_rss_mb: float | None = None
+    standin_cpu_s_per_1k: float | None = None  # the MongoDB stand-in's CPU, when it runs
     lost: int = 0
     duplicated: int = 0
     receipts: int = 0
@@ -396,6 +397,8 @@ def _rate(count: int, start: float, end: float) -> float | None:
 def _cost(result: Result, before: Usage, after: Usage, events: int) -> None:
     result.cpu_s_per_1k = (after.cpu_s - before.cpu_s) / events * 1000
     result.peak_rss_mb = after.hwm_kb / 1024
+    if before.standin_cpu_s is not None and after.standin_cpu_s is not None:
+        result.standin_cpu_s_per_1k = (after.standin_cpu_s - before.standin_cpu_s) / events * 1000
 
 
 def _mongo_share(before: dict[str, float], after: dict[str, float]) -> MongoShare:

@@ -28,6 +28,7 @@ class Row:
     p99_ms: float | None
     cpu_s_per_1k: float | None
     peak_rss_mb: float | None
+    standin_cpu_s_per_1k: float | None
     lost: int
     duplicated: int
     runs: int
@@ -62,6 +63,7 @@ def _row(path: str, group: list[Result]) -> Row:
         p99_ms=med(lambda r: r.percentile_ms(0.99)),
         cpu_s_per_1k=med(lambda r: r.cpu_s_per_1k),
         peak_rss_mb=max((r.peak_rss_mb for r in group if r.peak_rss_mb), default=None),
+        standin_cpu_s_per_1k=med(lambda r: r.standin_cpu_s_per_1k),
         lost=sum(r.lost for r in group),
         duplicated=sum(r.duplicated for r in group),
         runs=len(group),
@@ -188,6 +190,17 @@ def _mongo(table: Sequence[Row]) -> list[str]:
                 operations.setdefault(name, []).append(stat)
     if calls:
         lines += ["", "Soketi API calls (batch_events of up to 10): " + "; ".join(calls) + "."]
+    standin = [
+        f"{row.path} {row.standin_cpu_s_per_1k:.2f} s (worker {_num(row.cpu_s_per_1k, 2)} s)"
+        for row in measured
+        if row.standin_cpu_s_per_1k is not None
+    ]
+    if standin:
+        lines += [
+            "",
+            "CPU of the MongoDB stand-in (its own process) per 1,000 events, next to the "
+            "worker's: " + "; ".join(standin) + ".",
+        ]
     if operations:
         lines += [
             "",

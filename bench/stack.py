@@ -166,6 +166,14 @@ class Usage:
     cpu_s: float
     rss_kb: int
     hwm_kb: int
+    standin_cpu_s: float | None = None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/<pid>/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
 
 class WorkerProcess:
@@ -183,6 +191,7 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self._services = services
         self.topology = Topology(
             exchange=f"bench.{name}.events",
             queue=f"bench.{name}.fanout",
@@ -265,17 +274,22 @@ class WorkerProcess:
         return popen.wait(timeout=_STOP_TIMEOUT_S)
 
     def usage(self) -> Usage:
-        """CPU seconds so far, current and peak resident memory, from ``/proc``."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu_s = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+        """CPU seconds so far, current and peak resident memory, from ``/proc``; and the
+        MongoDB stand-in's CPU seconds when the bench runs one."""
         status = Path(f"/proc/{self.pid}/status").read_text()
         memory = {
             line.split(":")[0]: int(line.split()[1])
             for line in status.splitlines()
             if line.startswith(("VmRSS", "VmHWM"))
         }
-        return Usage(cpu_s, memory.get("VmRSS", 0), memory.get("VmHWM", 0))
+        standin = self._services.standin
+        standin_pid = standin.pid if standin is not None else None
+        return Usage(
+            cpu_seconds(self.pid),
+            memory.get("VmRSS", 0),
+            memory.get("VmHWM", 0),
+            cpu_seconds(standin_pid) if standin_pid is not None else None,
+        )
 
     def metrics(self) -> dict[str, float]:
         """The worker's Prometheus samples, summed over labels, plus ``name{label=value}`` keys."""

@@ -126,6 +126,11 @@ class _ManagedProcess:
     def is_running(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self._popen.pid if self.is_running and self._popen is not None else None
+
     def start(self) -> None:
         if self.is_running:
             raise RuntimeError(f"{self.argv[0]} is already running")
@@ -282,6 +287,11 @@ class _Service:
     def is_running(self) -> bool:
         """True while the process runs."""
         return self._process.is_running
+
+    @property
+    def pid(self) -> int | None:
+        """The service's process id while it runs (e.g. to read its CPU time)."""
+        return self._process.pid
 
     def start(self) -> None:
         """Start the process and wait until the service answers."""
