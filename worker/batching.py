@@ -12,12 +12,12 @@ order their deliveries were handed over, so many calls in flight never reorder a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from typing import Any
 
 from handlers.channels import is_chat
 from handlers.model import Account, Delivery, Product, Store
-from worker.coalesce import Coalescer
+from worker.coalesce import Answer, Coalescer
 from worker.errors import PermanentError
 from worker.mongo import ProcessedLog
 from worker.soketi import SoketiClient, batch_entries
@@ -60,9 +60,9 @@ class BatchingProcessedIds:
         self._seen: Coalescer[str, bool] = Coalescer(self._bulk_seen)
         self._record: Coalescer[str, bool] = Coalescer(self._bulk_record)
 
-    async def seen(self, ids: Collection[str]) -> set[str]:
-        """The subset of ``ids`` already recorded."""
-        return set(await self._seen.get(ids))
+    def seen(self, ids: Collection[str]) -> Awaitable[set[str]]:
+        """The subset of ``ids`` already recorded; the check joins the next query at once."""
+        return _Ids(self._seen.ask(ids))
 
     async def record(self, ids: Collection[str]) -> None:
         """Record ``ids`` as pushed (one ``insert_many`` for many messages)."""
@@ -77,6 +77,19 @@ class BatchingProcessedIds:
 
 
 Batch = list[tuple[list[dict[str, Any]], asyncio.Future[None]]]
+
+
+class _Ids:
+    """The keys of an ``Answer``, as a set, when awaited (nothing runs before)."""
+
+    __slots__ = ("_answer",)
+
+    def __init__(self, answer: Answer[str, bool]) -> None:
+        self._answer = answer
+
+    def __await__(self) -> Generator[Any, None, set[str]]:
+        found = yield from self._answer.__await__()
+        return set(found)
 
 
 class TriggerBatcher:

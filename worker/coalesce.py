@@ -9,8 +9,8 @@ loop turn; busy, batches grow by themselves, so throughput rises without a fixed
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Generator, Hashable, Mapping
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -32,22 +32,23 @@ class Coalescer(Generic[K, V]):
 
     async def get(self, keys: Collection[K]) -> dict[K, V]:
         """The values ``bulk`` found for ``keys`` (absent keys are left out)."""
-        if not keys:
-            return {}
+        return await self.ask(keys)
+
+    def ask(self, keys: Collection[K]) -> Answer[K, V]:
+        """Ask for ``keys`` now, collect the answer later: the request joins the next bulk
+        call at once, so the caller can do other work before awaiting the ``Answer`` (or
+        drop it)."""
         futures = {key: self._future(key) for key in keys}
-        self._schedule()
-        found: dict[K, V] = {}
-        for key, future in futures.items():
-            # One batch answers them all at once: after the first, these are already done.
-            value = await future
-            if value is not None:
-                found[key] = value
-        return found
+        if futures:
+            self._schedule()
+        return Answer(futures)
 
     def _future(self, key: K) -> asyncio.Future[V | None]:
         future = self._pending.get(key)
         if future is None:
             future = self._pending[key] = asyncio.get_running_loop().create_future()
+            # A caller that gave up (``ask`` then ``close``) never reads a failure: not an error.
+            future.add_done_callback(_retrieved)
             if len(self._pending) >= self._max_batch:
                 self._flush()
         return future
@@ -87,3 +88,27 @@ class Coalescer(Generic[K, V]):
         finally:
             self._in_flight -= 1
             self._schedule()
+
+
+class Answer(Generic[K, V]):
+    """What ``Coalescer.ask`` will answer: await it for the values found (absent keys left
+    out). Nothing runs until it is awaited, so an answer nobody waits for leaves no trace."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self, futures: dict[K, asyncio.Future[V | None]]) -> None:
+        self._futures = futures
+
+    def __await__(self) -> Generator[Any, None, dict[K, V]]:
+        found: dict[K, V] = {}
+        for key, future in self._futures.items():
+            # One batch answers them all at once: after the first, these are already done.
+            value = yield from future.__await__()
+            if value is not None:
+                found[key] = value
+        return found
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal, Protocol
@@ -29,9 +29,12 @@ Outcome = Literal["delivered", "duplicate", "dropped"]
 
 
 class ProcessedIds(Protocol):
-    """The record of envelope ids already pushed (``worker.mongo.ProcessedLog``)."""
+    """The record of envelope ids already pushed (``worker.mongo.ProcessedLog``).
 
-    async def seen(self, ids: Collection[str]) -> set[str]: ...
+    ``seen`` may start its query when called, before it is awaited (``BatchingProcessedIds``).
+    """
+
+    def seen(self, ids: Collection[str]) -> Awaitable[set[str]]: ...
 
     async def record(self, ids: Collection[str]) -> None: ...
 
@@ -208,10 +211,19 @@ async def _deliver_once(
 ) -> Result:
     pushed = deps.unrecorded.get(event.id)
     if pushed is None:
-        if await deps.processed.seen((event.id,)):
-            return Result(event, "duplicate")
         handler = route(event)
-        deliveries = handler.decide(event, await handler.load(event, deps.store))
+        # The duplicate check and the lookups go out together: a duplicate is rare, and its
+        # wasted lookups cost less than a round trip of waiting on every message.
+        checking = deps.processed.seen((event.id,))
+        try:
+            found = await handler.load(event, deps.store)
+        except BaseException:
+            if isinstance(checking, Coroutine):
+                checking.close()
+            raise
+        if await checking:
+            return Result(event, "duplicate")
+        deliveries = handler.decide(event, found)
         if deliveries:
             deliveries = await deps.history.stamp(event, deliveries, turn, maybe_recorded)
             # Recorded first: while Soketi is down, polling clients already see it.

@@ -86,3 +86,22 @@ async def test_no_keys_no_call(keys: list[int] | set[int]) -> None:
     bulk = Bulk()
     assert await Coalescer(bulk).get(keys) == {}
     assert bulk.calls == []
+
+
+async def test_ask_sends_before_it_is_awaited_and_may_be_given_up() -> None:
+    """``ask`` joins the next call at once, so other work overlaps the query; an answer
+    nobody awaits (the caller gave up) leaves no unread-failure noise behind."""
+    bulk = Bulk()
+    coalescer: Coalescer[int, int] = Coalescer(bulk)
+    answer = coalescer.ask([2, 3])
+    async with asyncio.timeout(1):
+        while not bulk.calls:  # noqa: ASYNC110  # the call starts a few loop turns later
+            await asyncio.sleep(0)
+    assert await answer == {2: 20}
+    bulk.fail = StoreUnavailable("MongoDB unreachable")
+    coalescer.ask([4])  # and never awaited
+    async with asyncio.timeout(1):
+        while len(bulk.calls) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+    bulk.fail = None
+    assert await coalescer.get([6]) == {6: 60}
