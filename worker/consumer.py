@@ -134,6 +134,22 @@ async def _bounded(operation: Awaitable[object]) -> None:
         await operation
 
 
+async def _give_back(message: AbstractIncomingMessage) -> None:
+    """Return a message whose settling failed to the queue, so it is tried again.
+
+    The republishing connection can fail while the consuming channel lives on (they
+    reconnect on their own): left unsettled, the message would sit unacked on that channel
+    and never come back. When the channel is gone too, this fails quietly and the broker
+    requeues the message itself.
+    """
+    if message.processed:  # an ack or nack was already sent; the broker decides
+        return
+    try:
+        await _bounded(message.nack(requeue=True))
+    except Exception as error:  # the channel is gone: the broker requeues on its own
+        log.debug("fanout.give_back_failed", error=f"{type(error).__name__}: {error}")
+
+
 def _identity(error: BaseException) -> tuple[str, str | None]:
     """The event type label and id an error carries (``invalid``/``unknown`` before parsing)."""
     if isinstance(error, FanoutError) and error.event_type in EVENT_TYPES:
@@ -217,6 +233,7 @@ class Consumer:
                 outcome=outcome,
                 error=f"{type(error).__name__}: {error}",
             )
+            await _give_back(message)
         finally:
             self._leave()
 

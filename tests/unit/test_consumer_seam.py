@@ -80,11 +80,15 @@ class Message:
     redelivered: bool = False
     settled: list[str] = field(default_factory=list)
 
+    processed: bool = False
+
     async def ack(self) -> None:
         self.settled.append("ack")
+        self.processed = True
 
     async def nack(self, requeue: bool = True) -> None:
-        self.settled.append("nack")
+        self.settled.append("nack" if requeue else "nack-drop")
+        self.processed = True
 
 
 class Exchange:
@@ -94,8 +98,11 @@ class Exchange:
 
     def __init__(self) -> None:
         self.published: list[tuple[Any, str]] = []
+        self.broken = False
 
     async def publish(self, message: Any, routing_key: str) -> None:
+        if self.broken:
+            raise ConnectionResetError("the republishing connection is gone")
         self.published.append((message, routing_key))
 
 
@@ -189,3 +196,14 @@ async def test_a_copy_of_an_id_in_the_same_lane_neither_repeats_nor_stalls_the_l
     chat = [d.payload["content"] for d in soketi.pushed if d.channel == "private-chat-c1"]
     assert chat == ["1", "2"]
     assert first.settled == copy.settled == after.settled == ["ack"]
+
+
+async def test_a_message_whose_parking_failed_goes_back_to_the_queue() -> None:
+    """The republishing connection fails while the consuming channel lives on: the message
+    is nacked back to the queue, never left unacked for good (it would never come back)."""
+    dead = Exchange()
+    dead.broken = True
+    message = Message(b"{oops", message_id="x1")
+    await _consumer(Soketi(), dead).handle(message)  # type: ignore[arg-type]
+    assert dead.published == []
+    assert message.settled == ["nack"]
