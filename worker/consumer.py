@@ -92,12 +92,16 @@ async def settle(
     else:
         reason, detail = "internal_error", f"{type(result).__name__}: {result}"
     key = _parked_key(message)
-    if not (key in paths.parked and message.redelivered):  # else only our ack was lost
-        await _bounded(
-            broker.dead_letter(
-                paths.dead, message, reason=reason, error=detail[:500], attempts=attempts
-            )
+    if key in paths.parked and message.redelivered:
+        # Only our ack was lost: the DLQ holds it already. Counted as a duplicate, not as
+        # a second dead-lettering.
+        await _bounded(message.ack())
+        return Settled("duplicate", "already_parked", error_type, error_id)
+    await _bounded(
+        broker.dead_letter(
+            paths.dead, message, reason=reason, error=detail[:500], attempts=attempts
         )
+    )
     # Remembered whether or not the ack below seems to go through: basic.ack has no reply, and
     # the broker redelivers a message whose ack died in a socket buffer. The redelivery is then
     # only acked, and the DLQ keeps one copy.

@@ -183,6 +183,13 @@ async def test_a_redelivered_parked_message_is_not_parked_twice() -> None:
     assert [copy.message_id for copy, _ in dead.published] == ["x1", "x2"]
     assert first.settled == again.settled == other.settled == ["ack"]
 
+    def count(outcome: str, reason: str) -> float | None:
+        labels = {"event_type": "invalid", "outcome": outcome, "reason": reason}
+        return consumer.metrics.registry.get_sample_value("bazaar_fanout_messages_total", labels)
+
+    assert count("dead_lettered", "invalid_json") == 2
+    assert count("duplicate", "already_parked") == 1
+
 
 async def test_a_copy_of_an_id_in_the_same_lane_neither_repeats_nor_stalls_the_lane() -> None:
     """Two copies of one chat message (a backend publishing twice) and the next message of
