@@ -66,8 +66,9 @@ async def settle(
     acked, so a crash in between repeats a message rather than losing it.
     """
     if isinstance(result, Result):
-        await _bounded(message.ack())
-        return Settled(result.outcome, result.detail, result.event.type, result.event.id)
+        return await _ack(
+            message, Settled(result.outcome, result.detail, result.event.type, result.event.id)
+        )
     error_type, error_id = _identity(result)
     attempts = broker.attempts_of(message) + 1
     if isinstance(result, Misconfigured | Interrupted):
@@ -84,8 +85,8 @@ async def settle(
                     tier, message, attempts=attempts, first_failed_at=first, error=str(result)
                 )
             )
-            await _bounded(message.ack())
-            return Settled("retried", tier.name.rsplit(".", 1)[-1], error_type, error_id)
+            retried = Settled("retried", tier.name.rsplit(".", 1)[-1], error_type, error_id)
+            return await _ack(message, retried)
         reason, detail = "retries_exhausted", f"{result.reason}: {result}"
     elif isinstance(result, PermanentError):
         reason, detail = result.reason, str(result)
@@ -95,8 +96,7 @@ async def settle(
     if key in paths.parked and message.redelivered:
         # Only our ack was lost: the DLQ holds it already. Counted as a duplicate, not as
         # a second dead-lettering.
-        await _bounded(message.ack())
-        return Settled("duplicate", "already_parked", error_type, error_id)
+        return await _ack(message, Settled("duplicate", "already_parked", error_type, error_id))
     await _bounded(
         broker.dead_letter(
             paths.dead, message, reason=reason, error=detail[:500], attempts=attempts
@@ -109,8 +109,25 @@ async def settle(
     paths.parked.move_to_end(key)
     while len(paths.parked) > PARKED_LIMIT:
         paths.parked.popitem(last=False)
-    await _bounded(message.ack())
-    return Settled("dead_lettered", reason, error_type, error_id)
+    return await _ack(message, Settled("dead_lettered", reason, error_type, error_id))
+
+
+class AckFailed(Exception):
+    """The work is done (``settled`` says what) but the ack did not go out; the broker will
+    redeliver the message, and that copy is skipped as a duplicate."""
+
+    def __init__(self, settled: Settled, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.settled = settled
+
+
+async def _ack(message: AbstractIncomingMessage, settled: Settled) -> Settled:
+    """Ack ``message`` and return ``settled``; ``AckFailed`` when the ack fails."""
+    try:
+        await _bounded(message.ack())
+    except Exception as error:
+        raise AckFailed(settled, error) from error
+    return settled
 
 
 #: How many recently dead-lettered messages ``SettlePaths.parked`` remembers, oldest out.
@@ -222,19 +239,24 @@ class Consumer:
                     result = await self._attempt(message, turn)
             finally:
                 turn.finish()
-            settled = await settle(message, result, self.paths)
-            self._observe(message, result, settled, time.perf_counter() - started)
-        except Exception as error:  # e.g. the channel closed mid-settle
-            outcome = None
-            if isinstance(result, Result) and result.outcome == "delivered":
-                # Pushed and recorded whatever became of the ack: the redelivered copy will only
-                # count as a duplicate, so count the delivery now or never.
-                outcome = result.outcome
-                self.metrics.messages.labels(result.event.type, outcome, result.detail).inc()
+            done = result
+            settled = await settle(message, done, self.paths)
+            self._observe(message, done, settled, time.perf_counter() - started)
+        except AckFailed as failed:
+            # Done, whatever became of the ack: the redelivered copy will only count as a
+            # duplicate, so count what was done now or never.
+            self._observe(message, done, failed.settled, time.perf_counter() - started)
+            log.warning(
+                "fanout.ack_failed",
+                message_id=message.message_id,
+                outcome=failed.settled.outcome,
+                error=str(failed),
+            )
+            await _give_back(message)
+        except Exception as error:  # e.g. the republishing connection failed mid-settle
             log.warning(
                 "fanout.settle_failed",
                 message_id=message.message_id,
-                outcome=outcome,
                 error=f"{type(error).__name__}: {error}",
             )
             await _give_back(message)

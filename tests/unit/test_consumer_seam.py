@@ -81,8 +81,11 @@ class Message:
     settled: list[str] = field(default_factory=list)
 
     processed: bool = False
+    ack_fails: bool = False
 
     async def ack(self) -> None:
+        if self.ack_fails:
+            raise ConnectionResetError("the consuming channel is gone")
         self.settled.append("ack")
         self.processed = True
 
@@ -214,3 +217,20 @@ async def test_a_message_whose_parking_failed_goes_back_to_the_queue() -> None:
     await _consumer(Soketi(), dead).handle(message)  # type: ignore[arg-type]
     assert dead.published == []
     assert message.settled == ["nack"]
+
+
+async def test_a_failed_ack_counts_what_was_done_once_and_gives_the_message_back() -> None:
+    """Parked, then the ack fails: counted as dead-lettered now (the redelivered copy will
+    only be a duplicate), and the message is handed back rather than left unacked."""
+    dead = Exchange()
+    consumer = _consumer(Soketi(), dead)
+    message = Message(b"{oops", message_id="x1", ack_fails=True)
+    await consumer.handle(message)  # type: ignore[arg-type]
+    assert len(dead.published) == 1
+    assert message.settled == ["nack"]
+    labels = {"event_type": "invalid", "outcome": "dead_lettered", "reason": "invalid_json"}
+    assert consumer.metrics.registry.get_sample_value("bazaar_fanout_messages_total", labels) == 1
+    again = Message(b"{oops", message_id="x1", redelivered=True)
+    await consumer.handle(again)  # type: ignore[arg-type]
+    assert len(dead.published) == 1
+    assert again.settled == ["ack"]
