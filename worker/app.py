@@ -47,10 +47,20 @@ async def _sweep_processed(processed: mongo.ProcessedLog, interval_s: float = 36
         await asyncio.sleep(interval_s)
 
 
+#: How long stopping waits for cancelled background tasks before going on without them.
+CANCEL_TIMEOUT_S = 5.0
+
+
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if not tasks:
+        return
+    _, stuck = await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT_S)
+    if stuck:
+        # A task ignoring its cancellation (e.g. a broker call during a reconnect) must not
+        # keep the worker from stopping.
+        log.warning("fanout.tasks_stuck_on_stop", tasks=sorted(t.get_name() for t in stuck))
 
 
 def topology_of(settings: Settings) -> broker.Topology:
@@ -234,7 +244,10 @@ async def run(
                 events=await publisher.get_exchange(topology.exchange, ensure=False),
             )
         )
-        background += [asyncio.create_task(task(), name="browser") for task in browser_tasks]
+        background += [
+            asyncio.create_task(task(), name=f"browser:{getattr(task, '__qualname__', task)}")
+            for task in browser_tasks
+        ]
 
         server = await http.start(
             http.build_app(
