@@ -92,9 +92,10 @@ async def publish_in_order(url: str, exchange: str, events: list[dict[str, Any]]
     """Publish one after the other on one channel, chat events with their lane header."""
     connection = await aio_pika.connect(url, timeout=10)
     async with connection:
-        # No confirms: each publish is written before the next, so the broker sees our order;
-        # delivery itself is what the test checks.
-        channel = await connection.channel(publisher_confirms=False)
+        # Confirmed one by one: the broker sees our order, and has every event before the
+        # connection closes (unconfirmed, the last few could still sit in the client's write
+        # queue when it closes, and be lost: a missing tail under load).
+        channel = await connection.channel(publisher_confirms=True)
         target = await channel.get_exchange(exchange, ensure=True)
         for event in events:
             lane = event["data"].get("conversationId") if event["type"] in CHAT_TYPES else None
