@@ -155,13 +155,20 @@ async def _bounded(operation: Awaitable[object]) -> None:
         await operation
 
 
-async def _give_back(message: AbstractIncomingMessage) -> None:
-    """Return a message whose settling failed to the queue, so it is tried again.
+#: Backoff between attempts to settle a message whose settling failed.
+SETTLE_RETRY_INITIAL_S = 0.25
+SETTLE_RETRY_MAX_S = 5.0
 
-    The republishing connection can fail while the consuming channel lives on (they
-    reconnect on their own): left unsettled, the message would sit unacked on that channel
-    and never come back. When the channel is gone too, this fails quietly and the broker
-    requeues the message itself.
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    channel = getattr(message, "channel", None)
+    return bool(getattr(channel, "is_closed", False))
+
+
+async def _give_back(message: AbstractIncomingMessage) -> None:
+    """Return a message to the queue (nack with requeue), so it is tried again.
+
+    When its channel is gone, this fails quietly and the broker requeues the message itself.
     """
     if message.processed:  # an ack or nack was already sent; the broker decides
         return
@@ -233,6 +240,7 @@ class Consumer:
         turn = self._lanes.turn(lane)
         own_id = self.deps.in_flight.hold(event_id) if event_id else contextlib.nullcontext()
         result: Result | BaseException | None = None
+        done: Result | BaseException | None = None
         try:
             try:
                 async with own_id:
@@ -240,11 +248,12 @@ class Consumer:
             finally:
                 turn.finish()
             done = result
-            settled = await settle(message, done, self.paths)
-            self._observe(message, done, settled, time.perf_counter() - started)
+            settled = await settle(message, result, self.paths)
+            self._observe(message, result, settled, time.perf_counter() - started)
         except AckFailed as failed:
             # Done, whatever became of the ack: the redelivered copy will only count as a
             # duplicate, so count what was done now or never.
+            assert done is not None  # only settle raises it
             self._observe(message, done, failed.settled, time.perf_counter() - started)
             log.warning(
                 "fanout.ack_failed",
@@ -259,9 +268,46 @@ class Consumer:
                 message_id=message.message_id,
                 error=f"{type(error).__name__}: {error}",
             )
-            await _give_back(message)
+            if done is None:  # failed before settling: nothing was done, hand it back
+                await _give_back(message)
+            else:
+                await self._settle_later(message, done, started)
         finally:
             self._leave()
+
+    async def _settle_later(
+        self, message: AbstractIncomingMessage, result: Result | BaseException, started: float
+    ) -> None:
+        """Settle again, with backoff, until it works, the message's channel closes, or the
+        worker stops.
+
+        The republishing connection reconnects on its own schedule and can be down while the
+        consuming channel lives on. Left unsettled, the message would sit unacked on that
+        channel for good; handed straight back, it would loop through the queue (each return
+        counts towards the delivery limit) for as long as the outage lasts.
+        """
+        delay_s = SETTLE_RETRY_INITIAL_S
+        while not self._stopping.is_set():
+            if _channel_closed(message):
+                return  # the broker requeues it; the redelivery is settled afresh
+            with contextlib.suppress(TimeoutError):  # back off, but wake up for a stop
+                async with asyncio.timeout(delay_s):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                break
+            delay_s = min(delay_s * 2, SETTLE_RETRY_MAX_S)
+            try:
+                settled = await settle(message, result, self.paths)
+            except AckFailed as failed:
+                self._observe(message, result, failed.settled, time.perf_counter() - started)
+                await _give_back(message)
+                return
+            except Exception as error:
+                log.info("fanout.settle_retry_failed", error=f"{type(error).__name__}: {error}")
+                continue
+            self._observe(message, result, settled, time.perf_counter() - started)
+            return
+        await _give_back(message)
 
     async def abandon(self) -> int:
         """Cancel work still running after the drain budget; its messages return to the queue."""

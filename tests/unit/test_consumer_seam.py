@@ -102,8 +102,10 @@ class Exchange:
     def __init__(self) -> None:
         self.published: list[tuple[Any, str]] = []
         self.broken = False
+        self.attempts = 0
 
     async def publish(self, message: Any, routing_key: str) -> None:
+        self.attempts += 1
         if self.broken:
             raise ConnectionResetError("the republishing connection is gone")
         self.published.append((message, routing_key))
@@ -208,13 +210,36 @@ async def test_a_copy_of_an_id_in_the_same_lane_neither_repeats_nor_stalls_the_l
     assert first.settled == copy.settled == after.settled == ["ack"]
 
 
-async def test_a_message_whose_parking_failed_goes_back_to_the_queue() -> None:
-    """The republishing connection fails while the consuming channel lives on: the message
-    is nacked back to the queue, never left unacked for good (it would never come back)."""
+async def test_a_message_whose_parking_failed_is_parked_once_publishing_is_back() -> None:
+    """The republishing connection fails while the consuming channel lives on: the worker
+    tries again with backoff (neither leaving the message unacked for good nor looping it
+    through the queue) and parks it once publishing works again."""
     dead = Exchange()
     dead.broken = True
     message = Message(b"{oops", message_id="x1")
-    await _consumer(Soketi(), dead).handle(message)  # type: ignore[arg-type]
+    handling = asyncio.create_task(_consumer(Soketi(), dead).handle(message))  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        while dead.attempts < 2:  # noqa: ASYNC110  # the fake exchange has no event
+            await asyncio.sleep(0.01)
+        assert message.settled == []  # held, not handed back
+        dead.broken = False
+        await handling
+    assert len(dead.published) == 1
+    assert message.settled == ["ack"]
+
+
+async def test_a_message_that_cannot_be_settled_goes_back_when_the_worker_stops() -> None:
+    """Still unsettled when the worker stops: the message is handed back to the queue."""
+    dead = Exchange()
+    dead.broken = True
+    message = Message(b"{oops", message_id="x1")
+    consumer = _consumer(Soketi(), dead)
+    handling = asyncio.create_task(consumer.handle(message))  # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        while dead.attempts < 1:  # noqa: ASYNC110  # the fake exchange has no event
+            await asyncio.sleep(0.01)
+        consumer.stop()
+        await handling
     assert dead.published == []
     assert message.settled == ["nack"]
 
