@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from handlers.model import Account, Delivery, Product
+from handlers.model import Account, Product
+from tests.unit.fakes import Processed, Soketi
 from worker.circuit import Circuit, Circuits
 from worker.consumer import Consumer, SettlePaths
 from worker.metrics import Metrics
@@ -30,37 +31,6 @@ class SlowFirstStore:
 
     async def products(self, ids: Collection[str]) -> Mapping[str, Product]:
         return {}
-
-
-class Processed:
-    """An in-memory processed-id log."""
-
-    def __init__(self) -> None:
-        self.ids: set[str] = set()
-
-    async def seen(self, ids: Collection[str]) -> set[str]:
-        return self.ids & set(ids)
-
-    async def record(self, ids: Collection[str]) -> None:
-        self.ids |= set(ids)
-
-
-class Soketi:
-    """Records what it was asked to trigger, in order."""
-
-    def __init__(self) -> None:
-        self.pushed: list[Delivery] = []
-
-    async def deliver(
-        self,
-        deliveries: Sequence[Delivery],
-        socket_id: str | None = None,
-        queued: Callable[[], None] | None = None,
-    ) -> int:
-        self.pushed.extend(deliveries)
-        if queued is not None:
-            queued()
-        return 1
 
 
 @dataclass

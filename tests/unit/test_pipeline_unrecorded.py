@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 
-from handlers.model import Account, Delivery, Product
+from handlers.model import Account, Product
+from tests.unit.fakes import Processed, Soketi
 from worker.errors import StoreUnavailable
 from worker.pipeline import Deps, Unrecorded, process
 
@@ -24,38 +25,6 @@ class Store:
 
     async def products(self, ids: Collection[str]) -> Mapping[str, Product]:
         return {}
-
-
-class Processed:
-    """A processed-id log whose writes fail while ``down`` is set."""
-
-    def __init__(self) -> None:
-        self.ids: set[str] = set()
-        self.down = False
-
-    async def seen(self, ids: Collection[str]) -> set[str]:
-        return self.ids & set(ids)
-
-    async def record(self, ids: Collection[str]) -> None:
-        if self.down:
-            raise StoreUnavailable("MongoDB dedup record failed: AutoReconnect")
-        self.ids |= set(ids)
-
-
-class Soketi:
-    """Counts pushes."""
-
-    def __init__(self) -> None:
-        self.pushed: list[Delivery] = []
-
-    async def deliver(
-        self,
-        deliveries: Sequence[Delivery],
-        socket_id: str | None = None,
-        queued: Callable[[], None] | None = None,
-    ) -> int:
-        self.pushed.extend(deliveries)
-        return 1
 
 
 BODY = orjson.dumps(
