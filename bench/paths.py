@@ -8,10 +8,11 @@ first send (or publish) to the last witness receipt at the subscribers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,6 +209,16 @@ async def aio_pika_bare(services: Services, events: Sequence[BenchEvent], _: Opt
 # --- the worker ------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _events_exchange(
+    services: Services, worker: WorkerProcess
+) -> AsyncIterator[aio_pika.abc.AbstractExchange]:
+    """The worker's events exchange on a connection of our own, publishing confirmed."""
+    async with await aio_pika.connect(services.rabbitmq_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        yield await channel.get_exchange(worker.topology.exchange, ensure=False)
+
+
 async def worker_live(services: Services, events: Sequence[BenchEvent], opts: Options) -> Result:
     """The worker subprocess, warm; the stream published as fast as possible while it runs."""
     worker = await _worker(services, "live", opts)
@@ -216,10 +227,7 @@ async def worker_live(services: Services, events: Sequence[BenchEvent], opts: Op
         async with Receivers(services.endpoint, watched_channels(), opts.subscribers) as rx:
             rx.expect(events)
             before, metrics_before = worker.usage(), worker.metrics()
-            connection = await aio_pika.connect(services.rabbitmq_url)
-            async with connection:
-                channel = await connection.channel(publisher_confirms=True)
-                exchange = await channel.get_exchange(worker.topology.exchange, ensure=False)
+            async with _events_exchange(services, worker) as exchange:
                 started = time.time()
                 await _publish_all(
                     lambda m, key: exchange.publish(m, routing_key=key), events, stamp_each=rx
@@ -244,10 +252,7 @@ async def worker_backlog(services: Services, events: Sequence[BenchEvent], opts:
     try:
         await asyncio.to_thread(worker.start)  # declares the topology
         await asyncio.to_thread(worker.stop)
-        connection = await aio_pika.connect(services.rabbitmq_url)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(worker.topology.exchange, ensure=False)
+        async with _events_exchange(services, worker) as exchange:
             await _publish_all(
                 lambda m, key: exchange.publish(m, routing_key=key), events, stamp_each=None
             )
@@ -279,10 +284,7 @@ async def latency(
         async with Receivers(services.endpoint, watched_channels(), opts.subscribers) as rx:
             rx.expect(events)
             before, metrics_before = worker.usage(), worker.metrics()
-            connection = await aio_pika.connect(services.rabbitmq_url)
-            async with connection:
-                channel = await connection.channel(publisher_confirms=True)
-                exchange = await channel.get_exchange(worker.topology.exchange, ensure=False)
+            async with _events_exchange(services, worker) as exchange:
                 tasks: list[asyncio.Task[object]] = []
                 origin = time.monotonic()
                 for index, event in enumerate(events):
