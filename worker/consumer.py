@@ -240,21 +240,19 @@ class Consumer:
         turn = self._lanes.turn(lane)
         own_id = self.deps.in_flight.hold(event_id) if event_id else contextlib.nullcontext()
         result: Result | BaseException | None = None
-        done: Result | BaseException | None = None
         try:
             try:
                 async with own_id:
                     result = await self._attempt(message, turn)
             finally:
                 turn.finish()
-            done = result
             settled = await settle(message, result, self.paths)
             self._observe(message, result, settled, time.perf_counter() - started)
         except AckFailed as failed:
             # Done, whatever became of the ack: the redelivered copy will only count as a
             # duplicate, so count what was done now or never.
-            assert done is not None  # only settle raises it
-            self._observe(message, done, failed.settled, time.perf_counter() - started)
+            assert result is not None  # only settle raises it
+            self._observe(message, result, failed.settled, time.perf_counter() - started)
             log.warning(
                 "fanout.ack_failed",
                 message_id=message.message_id,
@@ -268,10 +266,10 @@ class Consumer:
                 message_id=message.message_id,
                 error=f"{type(error).__name__}: {error}",
             )
-            if done is None:  # failed before settling: nothing was done, hand it back
+            if result is None:  # failed before settling: nothing was done, hand it back
                 await _give_back(message)
             else:
-                await self._settle_later(message, done, started)
+                await self._settle_later(message, result, started)
         finally:
             self._leave()
 
