@@ -5,14 +5,18 @@ I/O of concurrently processed messages is merged: ids into one ``$in`` query per
 processed-id checks and records into one query and one ``insert_many``, and deliveries
 into ``batch_events`` calls of up to ten Pusher events. A message's deliveries always
 travel in one call when they fit, so a failed call never leaves a message half-delivered.
-Calls carrying an ordered channel (a conversation's) go out one after the other, in the
-order their deliveries were handed over, so many calls in flight never reorder a chat.
+An ordered channel (a conversation's) is never carried by two calls at once, and its
+deliveries go out in the order they were handed over, so many calls in flight never reorder
+a chat; messages on other channels go past one that waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from handlers.channels import is_chat
@@ -76,9 +80,6 @@ class BatchingProcessedIds:
         return {}
 
 
-Batch = list[tuple[list[dict[str, Any]], asyncio.Future[None]]]
-
-
 class _Ids:
     """The keys of an ``Answer``, as a set, when awaited (nothing runs before)."""
 
@@ -92,15 +93,28 @@ class _Ids:
         return set(found)
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """One message's entries, handed over and not yet in a call."""
+
+    entries: list[dict[str, Any]]
+    future: asyncio.Future[None]
+    ordered: frozenset[str]
+    since: float
+
+
 class TriggerBatcher:
     """Coalesces the deliveries of concurrent messages into ``batch_events`` calls.
 
-    A call goes out when ten Pusher events are waiting or ``linger_s`` after the first one;
-    at most ``max_in_flight`` calls run at once. A call that carries an ``ordered`` channel
-    starts only once the previous call carrying that channel has finished, so a channel's
-    events reach Soketi in the order ``deliver`` was called. If Soketi refuses a call that
-    carried several messages, each message is sent again on its own, in order, so one bad
-    message cannot take its neighbours to the dead-letter queue.
+    Messages wait in hand-over order. A call is formed from the front of that line as soon
+    as ten Pusher events are ready, or ``linger_s`` after the oldest ready one arrived, and
+    only while fewer than ``max_in_flight`` calls run (busy, calls fill up by themselves). A
+    message is ready unless one of its ``ordered`` channels (a conversation's) is carried by a
+    call still running or by a message ahead of it that is not ready: a channel is never in
+    two calls at once, so its events reach Soketi in the order ``deliver`` was called, while
+    messages on other channels go past. If Soketi refuses a call that carried several
+    messages, each message is sent again on its own, in order, so one bad message cannot
+    take its neighbours to the dead-letter queue.
     """
 
     def __init__(
@@ -114,14 +128,13 @@ class TriggerBatcher:
         self._client = client
         self._max_batch = client.limits.max_batch
         self._linger_s = linger_s
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
         self._ordered = ordered
-        self._pending: Batch = []
-        self._count = 0
+        self._waiting: deque[_Waiting] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # Per ordered channel: the end of the last call carrying it, while it runs.
-        self._tails: dict[str, asyncio.Future[None]] = {}
+        # Ordered channels carried by a call still running.
+        self._busy: set[str] = set()
 
     @property
     def limits(self) -> Any:
@@ -142,90 +155,100 @@ class TriggerBatcher:
         entries = batch_entries(deliveries, socket_id, self._client.limits)
         if len(entries) > self._max_batch:
             return await self._client.deliver(deliveries, socket_id, queued)
-        if self._count + len(entries) > self._max_batch:
-            self._flush()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((entries, future))
-        self._count += len(entries)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        ordered = frozenset(c for e in entries if self._ordered(c := str(e["channel"])))
+        self._waiting.append(_Waiting(entries, future, ordered, loop.time()))
         if queued is not None:
             queued()
-        if self._count >= self._max_batch:
-            self._flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._flush)
+        self._pump()
         await future
         return 1
 
-    def _flush(self) -> None:
+    def _pump(self) -> None:
+        """Start every call that may start now; arm the linger timer for what stays."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._pending:
-            return
-        batch, self._pending, self._count = self._pending, [], 0
-        channels = {
-            str(e["channel"])
-            for entries, _ in batch
-            for e in entries
-            if self._ordered(str(e["channel"]))
-        }
-        after = {self._tails[c] for c in channels if c in self._tails}
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for channel in channels:
-            self._tails[channel] = done
-        task = asyncio.create_task(self._send(batch, after))
+        now = asyncio.get_running_loop().time()
+        while len(self._tasks) < self._max_in_flight:
+            call, oldest = self._ready()
+            # (a timer may fire a little early: a tenth of a millisecond counts as due)
+            if not call or (len(call) < self._max_batch and now + 1e-4 - oldest < self._linger_s):
+                break
+            self._start(call)
+        if self._waiting and len(self._tasks) < self._max_in_flight:
+            _, oldest = self._ready()
+            if oldest != math.inf:
+                delay = max(oldest + self._linger_s - now, 0.0)
+                self._timer = asyncio.get_running_loop().call_later(delay, self._pump)
+
+    def _ready(self) -> tuple[list[_Waiting], float]:
+        """The next call from the front of the line (up to ten events), and when the oldest
+        message in it arrived (``inf`` when nothing is ready)."""
+        call: list[_Waiting] = []
+        count, oldest = 0, math.inf
+        blocked = set(self._busy)
+        for waiting in self._waiting:
+            if waiting.future.done():  # its message was abandoned (shutdown): never sent
+                continue
+            if waiting.ordered & blocked:
+                blocked |= waiting.ordered  # nobody behind it on those channels overtakes
+                continue
+            if count + len(waiting.entries) > self._max_batch:
+                break
+            call.append(waiting)
+            count += len(waiting.entries)
+            oldest = min(oldest, waiting.since)
+        return call, oldest
+
+    def _start(self, call: list[_Waiting]) -> None:
+        taken = {id(w) for w in call}
+        self._waiting = deque(
+            w for w in self._waiting if id(w) not in taken and not w.future.done()
+        )
+        channels = frozenset().union(*(w.ordered for w in call))
+        self._busy |= channels
+        task = asyncio.create_task(self._send(call))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._finished(channels, done))
+        task.add_done_callback(lambda _: self._finished(task, channels))
 
-    def _finished(self, channels: set[str], done: asyncio.Future[None]) -> None:
-        done.set_result(None)
-        for channel in channels:
-            if self._tails.get(channel) is done:
-                del self._tails[channel]
+    def _finished(self, task: asyncio.Task[None], channels: frozenset[str]) -> None:
+        self._tasks.discard(task)
+        self._busy -= channels
+        self._pump()
 
-    async def _send(self, batch: Batch, after: set[asyncio.Future[None]]) -> None:
+    async def _send(self, call: list[_Waiting]) -> None:
         try:
-            if after:  # earlier calls on the same conversations first (they never fail)
-                await asyncio.wait(after)
-        except asyncio.CancelledError as error:
-            _resolve(batch, error)
-            raise
-        async with self._slots:
-            try:
-                await self._client.send_batch([e for entries, _ in batch for e in entries])
-            except PermanentError as error:
-                if len(batch) == 1:
-                    _resolve(batch, error)
-                else:
-                    for entries, future in batch:
-                        await self._send_alone(entries, future)
-            except BaseException as error:  # every waiter settles its own message with it
-                _resolve(batch, error)
-                if isinstance(error, asyncio.CancelledError):
-                    raise
+            await self._client.send_batch([e for w in call for e in w.entries])
+        except PermanentError as error:
+            if len(call) == 1:
+                _resolve(call, error)
             else:
-                _resolve(batch, None)
-
-    async def _send_alone(
-        self, entries: list[dict[str, Any]], future: asyncio.Future[None]
-    ) -> None:
-        try:
-            await self._client.send_batch(entries)
-        except Exception as error:  # handed to the message's own settle
-            _resolve([(entries, future)], error)
+                for waiting in call:
+                    await self._send_alone(waiting)
+        except BaseException as error:  # every waiter settles its own message with it
+            _resolve(call, error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
         else:
-            _resolve([(entries, future)], None)
+            _resolve(call, None)
+
+    async def _send_alone(self, waiting: _Waiting) -> None:
+        try:
+            await self._client.send_batch(waiting.entries)
+        except Exception as error:  # handed to the message's own settle
+            _resolve([waiting], error)
+        else:
+            _resolve([waiting], None)
 
 
-def _resolve(
-    batch: Sequence[tuple[list[dict[str, Any]], asyncio.Future[None]]], error: BaseException | None
-) -> None:
-    """Wake every waiter of ``batch`` with ``error``, or with success when it is ``None``."""
-    for _, future in batch:
-        if future.done():
+def _resolve(call: Sequence[_Waiting], error: BaseException | None) -> None:
+    """Wake every waiter of ``call`` with ``error``, or with success when it is ``None``."""
+    for waiting in call:
+        if waiting.future.done():
             continue
         if error is None:
-            future.set_result(None)
+            waiting.future.set_result(None)
         else:
-            future.set_exception(error)
+            waiting.future.set_exception(error)

@@ -58,10 +58,9 @@ async def test_a_later_call_on_the_same_conversation_waits_for_the_earlier_one()
         batcher.deliver(deliveries("private-chat-c1", "b"), None, queued.set)
     )
     await until(queued.is_set)
-    await until(lambda: not batcher._pending)  # the call for "b" is flushed, and waits
     other = asyncio.create_task(batcher.deliver(deliveries("private-admin", "x")))
     await until(lambda: len(client.started) == 2)
-    # "b" was flushed first but is held behind the call on c1; another channel overtakes.
+    # "b" was handed over first but is held behind the call on c1; another channel overtakes.
     assert client.started[1] == ['{"label":"x"}']
     client.finish[1].set()
     await other
@@ -109,3 +108,68 @@ async def test_a_refused_shared_call_is_retried_per_message_in_order() -> None:
         pass
     else:
         raise AssertionError("the refused message must fail")
+
+
+async def test_a_message_held_on_a_conversation_holds_later_ones_on_it_but_not_others() -> None:
+    """While a call carries c1, a message for c1 and c2 waits; a later one for c2 alone waits
+    behind it (it shares c2), one for c3 goes past; the held ones leave in order."""
+    client = Client()
+    batcher = TriggerBatcher(client, linger_s=0)  # type: ignore[arg-type]  # stand-in client
+    first = asyncio.create_task(batcher.deliver(deliveries("private-chat-c1", "a")))
+    await until(lambda: len(client.started) == 1)
+    both = asyncio.create_task(
+        batcher.deliver(
+            [*deliveries("private-chat-c1", "b1"), *deliveries("private-chat-c2", "b2")]
+        )
+    )
+    behind = asyncio.create_task(batcher.deliver(deliveries("private-chat-c2", "c")))
+    past = asyncio.create_task(batcher.deliver(deliveries("private-chat-c3", "d")))
+    await until(lambda: len(client.started) == 2)
+    assert client.started[1] == ['{"label":"d"}']
+    client.finish[1].set()
+    await past
+    client.finish[0].set()
+    await first
+    await until(lambda: len(client.started) == 3)
+    # Both held messages are ready at once and travel together, in hand-over order.
+    assert client.started[2] == ['{"label":"b1"}', '{"label":"b2"}', '{"label":"c"}']
+    client.finish[2].set()
+    assert await both == 1 and await behind == 1
+
+
+async def test_while_every_slot_is_busy_waiting_messages_fill_whole_calls() -> None:
+    """With one call allowed in flight, 25 messages handed over meanwhile leave as calls of
+    10, 10 and 5 events once it returns."""
+    client = Client()
+    batcher = TriggerBatcher(  # type: ignore[arg-type]  # stand-in client
+        client, linger_s=0, max_in_flight=1
+    )
+    first = asyncio.create_task(batcher.deliver(deliveries("private-admin", "first")))
+    await until(lambda: len(client.started) == 1)
+    rest = [
+        asyncio.create_task(batcher.deliver(deliveries(f"private-user-u{i}", f"m{i}")))
+        for i in range(25)
+    ]
+    await until(lambda: all(not t.done() for t in rest) and len(batcher._waiting) == 25)
+    for n in range(1, 4):
+        client.finish[n - 1].set()
+        await until(lambda n=n: len(client.started) == n + 1)
+    client.finish[3].set()
+    await asyncio.gather(first, *rest)
+    assert [len(call) for call in client.started] == [1, 10, 10, 5]
+    assert [label for call in client.started[1:] for label in call] == [
+        f'{{"label":"m{i}"}}' for i in range(25)
+    ]
+
+
+async def test_a_partial_call_waits_for_the_linger() -> None:
+    """Fewer than ten events leave only once the oldest has waited ``linger_s``."""
+    client = Client()
+    batcher = TriggerBatcher(client, linger_s=0.05)  # type: ignore[arg-type]  # stand-in client
+    loop = asyncio.get_running_loop()
+    handed = loop.time()
+    task = asyncio.create_task(batcher.deliver(deliveries("private-admin", "x")))
+    await until(lambda: len(client.started) == 1)
+    assert loop.time() - handed >= 0.045
+    client.finish[0].set()
+    await task
