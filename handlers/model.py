@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,14 +45,15 @@ class Store(Protocol):
 
     Every method takes a set of ids (string form; the adapter also matches ObjectId ``_id``s)
     and returns the documents it found keyed by that string id. An unreachable database
-    raises; it never answers with an empty map.
+    raises; it never answers with an empty map. A lookup may start when it is called, before
+    it is awaited, so a handler that needs two asks for both first: one round trip, not two.
     """
 
-    async def users(self, ids: Collection[str]) -> Mapping[str, Account]: ...
+    def users(self, ids: Collection[str]) -> Awaitable[Mapping[str, Account]]: ...
 
-    async def shops(self, ids: Collection[str]) -> Mapping[str, Account]: ...
+    def shops(self, ids: Collection[str]) -> Awaitable[Mapping[str, Account]]: ...
 
-    async def products(self, ids: Collection[str]) -> Mapping[str, Product]: ...
+    def products(self, ids: Collection[str]) -> Awaitable[Mapping[str, Product]]: ...
 
 
 @dataclass(frozen=True, slots=True)

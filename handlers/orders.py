@@ -23,9 +23,10 @@ class OrderLookups:
 async def load_order_created(event: OrderCreated, store: Store) -> OrderLookups:
     """The customer from ``users``; every ordered product from ``products``, in one call."""
     data = event.data
-    customers = await store.users((data.customer_id,))
-    products = await store.products(_unique(item.product_id for item in data.items))
-    return OrderLookups(customers.get(data.customer_id), products)
+    # Both asked before either is awaited: with a batching store they share a round trip.
+    customers = store.users((data.customer_id,))
+    products = store.products(_unique(item.product_id for item in data.items))
+    return OrderLookups((await customers).get(data.customer_id), await products)
 
 
 def decide_order_created(event: OrderCreated, found: OrderLookups) -> list[Delivery]:

@@ -35,17 +35,17 @@ class BatchingStore:
         self._shops: Coalescer[str, Account] = Coalescer(_bulk(store.shops))
         self._products: Coalescer[str, Product] = Coalescer(_bulk(store.products))
 
-    async def users(self, ids: Collection[str]) -> Mapping[str, Account]:
-        """Users by id."""
-        return await self._users.get(ids)
+    def users(self, ids: Collection[str]) -> Answer[str, Account]:
+        """Users by id; the query is joined at once."""
+        return self._users.ask(ids)
 
-    async def shops(self, ids: Collection[str]) -> Mapping[str, Account]:
-        """Shops by id."""
-        return await self._shops.get(ids)
+    def shops(self, ids: Collection[str]) -> Answer[str, Account]:
+        """Shops by id; the query is joined at once."""
+        return self._shops.ask(ids)
 
-    async def products(self, ids: Collection[str]) -> Mapping[str, Product]:
-        """Products by id."""
-        return await self._products.get(ids)
+    def products(self, ids: Collection[str]) -> Answer[str, Product]:
+        """Products by id; the query is joined at once."""
+        return self._products.ask(ids)
 
 
 def _bulk(lookup: Any) -> Any:
