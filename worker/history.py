@@ -234,9 +234,11 @@ class History:
         await turn.wait(NUMBER)
         numbers = await self._take([d.channel for _, d in fresh]) if fresh else []
         turn.passed(NUMBER)
-        if fresh:
-            seqs.update(await self._record(event.id, fresh, numbers))
-        return [stamped(d, seqs[key]) for key, d in zip(ids, deliveries, strict=True)]
+        done = await self._record(event.id, fresh, numbers) if fresh else {}
+        return [
+            done[key] if key in done else stamped(d, seqs[key])
+            for key, d in zip(ids, deliveries, strict=True)
+        ]
 
     async def _take(self, channels: Sequence[str]) -> list[int]:
         """The next number of each of ``channels`` (in order; a channel may repeat)."""
@@ -256,22 +258,26 @@ class History:
 
     async def _record(
         self, event_id: str, fresh: list[tuple[str, Delivery]], numbers: list[int]
-    ) -> dict[str, int]:
-        seqs: dict[str, int] = {}
+    ) -> dict[str, Delivery]:
+        """Write ``fresh`` under ``numbers``; the deliveries with the cursors they ended up with."""
+        done: dict[str, Delivery] = {}
         for _ in range(NUMBERING_ATTEMPTS):
             at = self._clock()
+            staged = {
+                key: stamped(d, number) for (key, d), number in zip(fresh, numbers, strict=True)
+            }
             docs: dict[str, Document] = {
                 key: {
                     "_id": key,
                     "channel": d.channel,
                     "event": d.event,
-                    "payload": stamped(d, number).payload,
+                    "payload": d.payload,
                     "eventId": event_id,
-                    "cursor": format_cursor(number),
+                    "cursor": d.payload["cursor"],
                     "seq": number,
                     "at": at,
                 }
-                for (key, d), number in zip(fresh, numbers, strict=True)
+                for (key, d), number in zip(staged.items(), numbers, strict=True)
             }
             self._staged.update(docs)
             try:
@@ -279,18 +285,21 @@ class History:
             finally:
                 for key in docs:
                     self._staged.pop(key, None)
-            seqs.update({key: int(doc["seq"]) for key, doc in docs.items() if written.get(key)})
+            done.update({key: d for key, d in staged.items() if written.get(key)})
             self._raise_floors({doc["channel"]: doc["seq"] for doc in docs.values()})
             refused = [key for key in docs if not written.get(key)]
             if not refused:
-                return seqs
+                return done
             # Another attempt or worker recorded the same event first: use its numbers.
             existing = await self._log.find(refused)
-            seqs.update({key: int(doc["seq"]) for key, doc in existing.items()})
+            originals = dict(fresh)
+            done.update(
+                {key: stamped(originals[key], int(doc["seq"])) for key, doc in existing.items()}
+            )
             # The rest lost their number to another worker: renumber after the newest entry.
             fresh = [(key, d) for key, d in fresh if key in refused and key not in existing]
             if not fresh:
-                return seqs
+                return done
             for channel in sorted({d.channel for _, d in fresh}):
                 newest = await self._log.newest(channel)
                 self._last[channel] = max(self._last.get(channel, 0), newest)
