@@ -22,7 +22,7 @@ import orjson
 import pusher
 
 from bench.receipts import Receivers, Tally
-from bench.stack import Services, Usage, WorkerProcess, fresh_database
+from bench.stack import WORKER, Services, Usage, WorkerProcess, fresh_database
 from bench.stream import BenchEvent, amqp_message, direct_payload, stamp, watched_channels
 from worker.soketi import Credentials, sign_request
 
@@ -66,7 +66,9 @@ class Result:
     ages_s: list[float] = field(default_factory=list)
     cpu_s_per_1k: float | None = None
     peak_rss_mb: float | None = None
-    standin_cpu_s_per_1k: float | None = None  # the MongoDB stand-in's CPU, when it runs
+    # CPU s per 1,000 events by process (bench.stack.WORKER, STANDIN, ...): the worker and
+    # the others that could be read at both ends of the window
+    process_cpu_s_per_1k: dict[str, float] = field(default_factory=dict)
     lost: int = 0
     duplicated: int = 0
     receipts: int = 0
@@ -399,8 +401,13 @@ def _rate(count: int, start: float, end: float) -> float | None:
 def _cost(result: Result, before: Usage, after: Usage, events: int) -> None:
     result.cpu_s_per_1k = (after.cpu_s - before.cpu_s) / events * 1000
     result.peak_rss_mb = after.hwm_kb / 1024
-    if before.standin_cpu_s is not None and after.standin_cpu_s is not None:
-        result.standin_cpu_s_per_1k = (after.standin_cpu_s - before.standin_cpu_s) / events * 1000
+    result.process_cpu_s_per_1k = {WORKER: result.cpu_s_per_1k}
+    for name, now in after.processes.items():
+        then = before.processes.get(name, {})
+        common = now.keys() & then.keys()  # a process that went away or is new is left out
+        if common:
+            spent = sum(now[pid] - then[pid] for pid in common)
+            result.process_cpu_s_per_1k[name] = spent / events * 1000
 
 
 def _mongo_share(before: dict[str, float], after: dict[str, float]) -> MongoShare:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bench import stack
 from bench.paths import MongoShare, Result
 
 # The issue's targets: worker throughput / baseline, and latency at a steady 500 events/s.
@@ -13,6 +15,14 @@ RATIO_TARGETS = (("sync-trigger", 5.0), ("direct-32", 2.0), ("aio-pika-bare", 0.
 P50_TARGET_MS = 10.0
 P99_TARGET_MS = 50.0
 RSS_TARGET_MB = 150.0
+# The CPU budget's columns: process name (bench.stack) and column header, in report order.
+PROCESS_COLUMNS = (
+    (stack.WORKER, "worker"),
+    (stack.STANDIN, "MongoDB stand-in"),
+    (stack.SOKETI, "Soketi"),
+    (stack.RABBITMQ, "RabbitMQ"),
+    (stack.BENCH, "bench (publisher + subscribers)"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +38,7 @@ class Row:
     p99_ms: float | None
     cpu_s_per_1k: float | None
     peak_rss_mb: float | None
-    standin_cpu_s_per_1k: float | None
+    process_cpu_s_per_1k: dict[str, float]  # medians over the runs that measured each
     lost: int
     duplicated: int
     runs: int
@@ -63,13 +73,24 @@ def _row(path: str, group: list[Result]) -> Row:
         p99_ms=med(lambda r: r.percentile_ms(0.99)),
         cpu_s_per_1k=med(lambda r: r.cpu_s_per_1k),
         peak_rss_mb=max((r.peak_rss_mb for r in group if r.peak_rss_mb), default=None),
-        standin_cpu_s_per_1k=med(lambda r: r.standin_cpu_s_per_1k),
+        process_cpu_s_per_1k=_process_medians(group),
         lost=sum(r.lost for r in group),
         duplicated=sum(r.duplicated for r in group),
         runs=len(group),
         note=group[0].note + (" (first run)" if len(group) > 1 and group[0].note else ""),
         mongo=[r.mongo for r in group if r.mongo is not None],
     )
+
+
+def _process_medians(group: list[Result]) -> dict[str, float]:
+    """Each process's median CPU per 1,000 events over the runs that measured it."""
+    names = dict.fromkeys(name for r in group for name in r.process_cpu_s_per_1k)
+    return {
+        name: statistics.median(
+            [r.process_cpu_s_per_1k[name] for r in group if name in r.process_cpu_s_per_1k]
+        )
+        for name in names
+    }
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -82,6 +103,7 @@ def render(header: Sequence[str], table: Sequence[Row]) -> str:
     lines += _ratios(table)
     lines += _targets(table)
     lines += _mongo(table)
+    lines += _cpu_budget(table)
     return "\n".join(lines) + "\n"
 
 
@@ -190,17 +212,6 @@ def _mongo(table: Sequence[Row]) -> list[str]:
                 operations.setdefault(name, []).append(stat)
     if calls:
         lines += ["", "Soketi API calls (batch_events of up to 10): " + "; ".join(calls) + "."]
-    standin = [
-        f"{row.path} {row.standin_cpu_s_per_1k:.2f} s (worker {_num(row.cpu_s_per_1k, 2)} s)"
-        for row in measured
-        if row.standin_cpu_s_per_1k is not None
-    ]
-    if standin:
-        lines += [
-            "",
-            "CPU of the MongoDB stand-in (its own process) per 1,000 events, next to the "
-            "worker's: " + "; ".join(standin) + ".",
-        ]
     if operations:
         lines += [
             "",
@@ -216,4 +227,34 @@ def _mongo(table: Sequence[Row]) -> list[str]:
             seconds = sum(s for _, s in stats)
             mean = seconds / count * 1000 if count else 0.0
             lines.append(f"| {name} | {count:,} | {mean:.2f} |")
+    return [*lines, ""]
+
+
+def _cpu_budget(table: Sequence[Row]) -> list[str]:
+    measured = [row for row in table if row.process_cpu_s_per_1k]
+    if not measured:
+        return []
+    cores = os.cpu_count() or 1
+    header = ["path", *(title for _, title in PROCESS_COLUMNS), "total", "machine ceiling events/s"]
+    lines = [
+        "Where the machine's CPU goes: CPU seconds (user + system, /proc/<pid>/stat) per "
+        "1,000 events, by process, over each worker path's measured window:",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+    ]
+    for row in measured:
+        cpu = row.process_cpu_s_per_1k
+        total = sum(cpu.values())
+        ceiling = cores * 1000 / total if total > 0 else None
+        cells = [row.path, *(_num(cpu.get(name), 2) for name, _ in PROCESS_COLUMNS)]
+        cells += [f"{total:.2f}", _num(ceiling)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"The machine ceiling, {cores} cores x 1,000 / total, is the rate at which these "
+        "processes together would need every core, and an estimate: the CPU spent per event by "
+        "everything that runs on this box, not counting the kernel's softirq time or other "
+        "processes.",
+    ]
     return [*lines, ""]

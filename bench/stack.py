@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -159,14 +160,20 @@ def worker_source(ref: str | None, workdir: Path) -> Path:
     return target
 
 
+# The processes whose CPU a run's budget counts: the worker, and the others whose CPU
+# ``Usage.processes`` holds.
+WORKER, STANDIN, SOKETI, RABBITMQ, BENCH = "worker", "standin", "soketi", "rabbitmq", "bench"
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """CPU seconds (user + system) and memory of a process at one moment."""
+    """CPU seconds (user + system) and memory of the worker at one moment, and the CPU
+    seconds of the other processes of the run then (name -> pid -> seconds)."""
 
     cpu_s: float
     rss_kb: int
     hwm_kb: int
-    standin_cpu_s: float | None = None
+    processes: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -174,6 +181,39 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+
+
+def broker_pids() -> list[int]:
+    """The local RabbitMQ's Erlang VM(s): every ``beam.smp`` in ``/proc`` (none if remote)."""
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() == "beam.smp":
+                pids.append(int(comm.parent.name))
+    return pids
+
+
+def process_cpu(services: Services) -> dict[str, dict[int, float]]:
+    """CPU seconds so far of the MongoDB stand-in (when it runs here), Soketi, RabbitMQ and
+    this process (publisher and subscribers), by pid; a process that can't be read is left
+    out."""
+    pids: dict[str, Sequence[int | None]] = {
+        STANDIN: [services.standin.pid] if services.standin is not None else [],
+        SOKETI: [services.soketi.pid],
+        RABBITMQ: broker_pids(),
+        BENCH: [os.getpid()],
+    }
+    snapshot: dict[str, dict[int, float]] = {}
+    for name, candidates in pids.items():
+        seconds: dict[int, float] = {}
+        for pid in candidates:
+            if pid is None:
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                seconds[pid] = cpu_seconds(pid)
+        if seconds:
+            snapshot[name] = seconds
+    return snapshot
 
 
 class WorkerProcess:
@@ -275,20 +315,18 @@ class WorkerProcess:
 
     def usage(self) -> Usage:
         """CPU seconds so far, current and peak resident memory, from ``/proc``; and the
-        MongoDB stand-in's CPU seconds when the bench runs one."""
+        other processes' CPU seconds (:func:`process_cpu`)."""
         status = Path(f"/proc/{self.pid}/status").read_text()
         memory = {
             line.split(":")[0]: int(line.split()[1])
             for line in status.splitlines()
             if line.startswith(("VmRSS", "VmHWM"))
         }
-        standin = self._services.standin
-        standin_pid = standin.pid if standin is not None else None
         return Usage(
             cpu_seconds(self.pid),
             memory.get("VmRSS", 0),
             memory.get("VmHWM", 0),
-            cpu_seconds(standin_pid) if standin_pid is not None else None,
+            process_cpu(self._services),
         )
 
     def metrics(self) -> dict[str, float]:
