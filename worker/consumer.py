@@ -217,20 +217,20 @@ class Consumer:
         """Messages received and not yet settled."""
         return self._in_flight
 
-    def handle(self, message: AbstractIncomingMessage) -> asyncio.Task[None]:
-        """Start processing and settling one message; the task returned never raises (an
-        unsettled message is redelivered).
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Process and settle one message; never raises (an unsettled message is redelivered).
 
-        The work runs in a task of our own, which the consume callback (this method, not a
-        coroutine) does not wait for: aiormq cancels its consumer callbacks when the channel
-        closes (a broker connection loss), and a cancel between Soketi accepting a trigger
-        and the id being recorded would push the redelivered copy a second time. Only
-        ``abandon`` (shutdown) cancels the work.
+        The work runs in a task of our own, shielded from the caller: aiormq cancels its
+        consumer callbacks when the channel closes (a broker connection loss), and a cancel
+        between Soketi accepting a trigger and the id being recorded would push the
+        redelivered copy a second time. Only ``abandon`` (shutdown) cancels the work. (A plain
+        function returning the task would not do: aio-pika awaits what such a callback returns,
+        so the cancel would reach the work; the broker-cut test catches it.)
         """
         work = asyncio.create_task(self._handle(message), name=f"handle-{message.message_id}")
         self._tasks.add(work)
         work.add_done_callback(self._tasks.discard)
-        return work
+        await asyncio.shield(work)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()

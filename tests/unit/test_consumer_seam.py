@@ -187,7 +187,7 @@ async def test_a_message_whose_parking_failed_is_parked_once_publishing_is_back(
     dead = Exchange()
     dead.broken = True
     message = Message(b"{oops", message_id="x1")
-    handling = _consumer(Soketi(), dead).handle(message)  # type: ignore[arg-type]
+    handling = asyncio.create_task(_consumer(Soketi(), dead).handle(message))  # type: ignore[arg-type]
     async with asyncio.timeout(5):
         while dead.attempts < 2:  # noqa: ASYNC110  # the fake exchange has no event
             await asyncio.sleep(0.01)
@@ -204,7 +204,7 @@ async def test_a_message_that_cannot_be_settled_goes_back_when_the_worker_stops(
     dead.broken = True
     message = Message(b"{oops", message_id="x1")
     consumer = _consumer(Soketi(), dead)
-    handling = consumer.handle(message)  # type: ignore[arg-type]
+    handling = asyncio.create_task(consumer.handle(message))  # type: ignore[arg-type]
     async with asyncio.timeout(5):
         while dead.attempts < 1:  # noqa: ASYNC110  # the fake exchange has no event
             await asyncio.sleep(0.01)
