@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from bson import ObjectId
@@ -19,7 +20,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from handlers.model import Account, Product
 from worker.errors import StoreUnavailable
-from worker.retry import RetryPolicy, retrying
+from worker.retry import RetryPolicy, call_with_retries
 
 Document = dict[str, Any]
 _T = TypeVar("_T")
@@ -66,21 +67,21 @@ class MongoGateway:
 
     async def run(self, operation: str, query: Callable[[], Awaitable[_T]]) -> _T:
         """Await ``query`` with retries; ``operation`` names it for errors and metrics."""
-        async for attempt in retrying(self._retry, StoreUnavailable):
-            with attempt:
-                started = time.perf_counter()
-                try:
-                    return await query()
-                except BulkWriteError:
-                    raise
-                except PyMongoError as error:
-                    raise StoreUnavailable(
-                        f"MongoDB {operation} failed: {type(error).__name__}"
-                    ) from error
-                finally:
-                    if self._on_query is not None:
-                        self._on_query(operation, time.perf_counter() - started)
-        raise AssertionError("unreachable: retrying re-raises the last error")  # pragma: no cover
+        return await call_with_retries(
+            self._retry, partial(self._once, operation, query), StoreUnavailable
+        )
+
+    async def _once(self, operation: str, query: Callable[[], Awaitable[_T]]) -> _T:
+        started = time.perf_counter()
+        try:
+            return await query()
+        except BulkWriteError:
+            raise
+        except PyMongoError as error:
+            raise StoreUnavailable(f"MongoDB {operation} failed: {type(error).__name__}") from error
+        finally:
+            if self._on_query is not None:
+                self._on_query(operation, time.perf_counter() - started)
 
     async def find_by_ids(
         self, collection: str, ids: Collection[str], fields: Collection[str]

@@ -12,6 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import aiohttp
@@ -25,7 +26,7 @@ from worker.errors import (
     RejectedBySoketi,
     SoketiUnavailable,
 )
-from worker.retry import RetryPolicy, retrying
+from worker.retry import RetryPolicy, call_with_retries
 
 _T = TypeVar("_T")
 
@@ -252,10 +253,9 @@ class SoketiClient:
         self, method: str, path: str, body: bytes, params: Mapping[str, str] | None = None
     ) -> Any:
         """Send one signed call with short jittered retries on transient failures."""
-        async for attempt in retrying(self._retry, SoketiUnavailable):
-            with attempt:
-                return await self._send_once(method, path, body, params)
-        raise AssertionError("unreachable: retrying re-raises the last error")  # pragma: no cover
+        return await call_with_retries(
+            self._retry, partial(self._send_once, method, path, body, params), SoketiUnavailable
+        )
 
     async def _send_once(
         self, method: str, path: str, body: bytes, params: Mapping[str, str] | None = None
