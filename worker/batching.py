@@ -56,13 +56,19 @@ def _bulk(lookup: Any) -> Any:
     return bulk
 
 
+#: How long a processed-id record waits for others to share its ``insert_many``.
+RECORD_LINGER_S = 0.01
+
+
 class BatchingProcessedIds:
     """The processed-id log with checks and records of concurrent messages merged."""
 
     def __init__(self, log: ProcessedLog) -> None:
         self._log = log
         self._seen: Coalescer[str, bool] = Coalescer(self._bulk_seen)
-        self._record: Coalescer[str, bool] = Coalescer(self._bulk_record)
+        # Recording comes after Soketi has the event, off the path of its latency: it waits a
+        # little for company, so one insert_many carries many messages even at a low rate.
+        self._record: Coalescer[str, bool] = Coalescer(self._bulk_record, linger_s=RECORD_LINGER_S)
 
     def seen(self, ids: Collection[str]) -> Awaitable[set[str]]:
         """The subset of ``ids`` already recorded; the check joins the next query at once."""

@@ -3,7 +3,9 @@
 Messages are processed concurrently; each asks for a few ids. A ``Coalescer`` gathers the ids
 that many messages ask for while the previous bulk call is still running (or during one
 event-loop turn when idle) and answers them all with one call. Idle, a request waits one
-loop turn; busy, batches grow by themselves, so throughput rises without a fixed delay.
+loop turn; busy, batches grow by themselves, so throughput rises without a fixed delay. Work
+off a message's critical path (recording what was pushed) may linger a little longer for
+bigger batches: every MongoDB call costs a fixed share of CPU, whatever it carries.
 """
 
 from __future__ import annotations
@@ -21,10 +23,19 @@ Bulk = Callable[[list[K]], Awaitable[Mapping[K, V]]]
 class Coalescer(Generic[K, V]):
     """Answers ``get(keys)`` through ``bulk(keys)`` calls shared between concurrent callers."""
 
-    def __init__(self, bulk: Bulk[K, V], *, max_batch: int = 500, max_in_flight: int = 1) -> None:
+    def __init__(
+        self,
+        bulk: Bulk[K, V],
+        *,
+        max_batch: int = 500,
+        max_in_flight: int = 1,
+        linger_s: float = 0.0,
+    ) -> None:
         self._bulk = bulk
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
+        # 0: a call starts on the next loop turn; more: requests gather that long first.
+        self._linger_s = linger_s
         self._pending: dict[K, asyncio.Future[V | None]] = {}
         self._in_flight = 0
         self._scheduled = False
@@ -56,7 +67,10 @@ class Coalescer(Generic[K, V]):
     def _schedule(self) -> None:
         if self._pending and not self._scheduled and self._in_flight < self._max_in_flight:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            if self._linger_s > 0:
+                asyncio.get_running_loop().call_later(self._linger_s, self._flush)
+            else:
+                asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False

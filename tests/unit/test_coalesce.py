@@ -105,3 +105,19 @@ async def test_ask_sends_before_it_is_awaited_and_may_be_given_up() -> None:
             await asyncio.sleep(0)
     bulk.fail = None
     assert await coalescer.get([6]) == {6: 60}
+
+
+async def test_a_lingering_coalescer_gathers_requests_from_several_loop_turns() -> None:
+    """With ``linger_s``, requests made over several loop turns within it share one call,
+    which starts no sooner than ``linger_s`` after the first."""
+    bulk = Bulk()
+    coalescer: Coalescer[int, int] = Coalescer(bulk, linger_s=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.ensure_future(coalescer.get([2]))
+    for _ in range(5):  # later loop turns, well inside the linger
+        await asyncio.sleep(0)
+    second = asyncio.ensure_future(coalescer.get([4]))
+    assert await first == {2: 20} and await second == {4: 40}
+    assert bulk.calls == [[2, 4]]
+    assert loop.time() - started >= 0.045
