@@ -176,22 +176,21 @@ class TriggerBatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
         while len(self._tasks) < self._max_in_flight:
-            call, oldest = self._ready()
+            call, full, oldest = self._ready()
+            if not call:
+                return
+            wait_s = oldest + self._linger_s - loop.time()
             # (a timer may fire a little early: a tenth of a millisecond counts as due)
-            if not call or (len(call) < self._max_batch and now + 1e-4 - oldest < self._linger_s):
-                break
+            if not full and wait_s > 1e-4:
+                self._timer = loop.call_later(wait_s, self._pump)
+                return
             self._start(call)
-        if self._waiting and len(self._tasks) < self._max_in_flight:
-            _, oldest = self._ready()
-            if oldest != math.inf:
-                delay = max(oldest + self._linger_s - now, 0.0)
-                self._timer = asyncio.get_running_loop().call_later(delay, self._pump)
 
-    def _ready(self) -> tuple[list[_Waiting], float]:
-        """The next call from the front of the line (up to ten events), and when the oldest
-        message in it arrived (``inf`` when nothing is ready)."""
+    def _ready(self) -> tuple[list[_Waiting], bool, float]:
+        """The next call from the front of the line: its messages, whether it is full (ten
+        events, or the next ready message does not fit), and when its oldest arrived."""
         call: list[_Waiting] = []
         count, oldest = 0, math.inf
         blocked = set(self._busy)
@@ -202,11 +201,11 @@ class TriggerBatcher:
                 blocked |= waiting.ordered  # nobody behind it on those channels overtakes
                 continue
             if count + len(waiting.entries) > self._max_batch:
-                break
+                return call, True, oldest
             call.append(waiting)
             count += len(waiting.entries)
             oldest = min(oldest, waiting.since)
-        return call, oldest
+        return call, count >= self._max_batch, oldest
 
     def _start(self, call: list[_Waiting]) -> None:
         taken = {id(w) for w in call}

@@ -173,3 +173,20 @@ async def test_a_partial_call_waits_for_the_linger() -> None:
     assert loop.time() - handed >= 0.045
     client.finish[0].set()
     await task
+
+
+async def test_a_call_full_of_events_leaves_without_lingering() -> None:
+    """Ten events from five messages of two deliveries each make a full call: it goes out at
+    once, however long the linger; the sixth message waits for the next call."""
+    client = Client()
+    batcher = TriggerBatcher(client, linger_s=60)  # type: ignore[arg-type]  # stand-in client
+    tasks = [
+        asyncio.create_task(batcher.deliver(deliveries(f"private-user-u{i}", f"{i}a", f"{i}b")))
+        for i in range(6)
+    ]
+    await until(lambda: len(client.started) == 1)
+    assert len(client.started[0]) == 10
+    client.finish[0].set()
+    await asyncio.gather(*tasks[:5])
+    assert not tasks[5].done()
+    tasks[5].cancel()
