@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +35,7 @@ THROUGHPUT: dict[str, PathRun] = {
     "worker-backlog": paths.worker_backlog,
 }
 ALL_PATHS = (*THROUGHPUT, "latency")
+WORKER_PATHS = ("worker", "worker-backlog", "latency")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--long", type=int, default=0, metavar="N", help="also run N events, RSS every 10k")
     add("--prefetch", type=int, default=200, help="worker PREFETCH_COUNT (default 200)")
     add("--worker-ref", help="run the worker from `git archive REF` (e.g. HEAD), not the tree")
+    add(
+        "--baseline-ref",
+        metavar="REF",
+        help="also run every worker path with the worker of `git archive REF`, alternating "
+        "with this one in each run (paired before/after)",
+    )
     add("--worker-log-level", default="info", help="worker LOG_LEVEL (default info)")
     add("--worker-env", action="append", default=[], metavar="KEY=VALUE", help="worker env")
     add("--out", type=Path, default=DEFAULT_OUT, help=f"report file (default {DEFAULT_OUT})")
@@ -96,7 +104,11 @@ async def _run(args: argparse.Namespace) -> int:
             worker_log_level=args.worker_log_level,
             worker_env=args.worker_env,
         )
-        results = await _measure(args, services, opts)
+        baseline = None
+        if args.baseline_ref:
+            source = stack.worker_source(args.baseline_ref, workdir / "baseline")
+            baseline = (args.baseline_ref, replace(opts, worker_source=source))
+        results = await _measure(args, services, opts, baseline)
         header = await _header(args, services)
         text = report.render(header, report.rows(results))
         print(text, flush=True)
@@ -116,7 +128,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _measure(
-    args: argparse.Namespace, services: stack.Services, opts: Options
+    args: argparse.Namespace,
+    services: stack.Services,
+    opts: Options,
+    baseline: tuple[str, Options] | None = None,
 ) -> list[Result]:
     base = stream.build(args.events, payload_bytes=args.payload_size)
     steady = stream.build(
@@ -125,13 +140,24 @@ async def _measure(
     results: list[Result] = []
     for run in range(1, args.runs + 1):
         for name in args.selected:
-            _say(f"bench: run {run}/{args.runs}: {name} …")
-            if name == "latency":
-                result = await paths.latency(services, stream.renamed(steady), opts, args.rate)
-            else:
-                result = await THROUGHPUT[name](services, stream.renamed(base), opts)
-            _say(f"bench:   {_summary(result)}")
-            results.append(result)
+            workers: list[tuple[str, Options]] = [("", opts)]
+            if baseline is not None and name in WORKER_PATHS:
+                ref, baseline_opts = baseline
+                # Alternate which goes first, so a machine that speeds up or slows down
+                # during a run favours neither.
+                paired = [("", opts), (report.baseline_suffix(ref), baseline_opts)]
+                workers = paired if run % 2 else paired[::-1]
+            for suffix, worker_opts in workers:
+                _say(f"bench: run {run}/{args.runs}: {name}{suffix} …")
+                if name == "latency":
+                    result = await paths.latency(
+                        services, stream.renamed(steady), worker_opts, args.rate
+                    )
+                else:
+                    result = await THROUGHPUT[name](services, stream.renamed(base), worker_opts)
+                result.path += suffix
+                _say(f"bench:   {_summary(result)}")
+                results.append(result)
     if args.long:
         _say(f"bench: long run of {args.long} events …")
         events = stream.build(args.long, payload_bytes=args.payload_size)
@@ -154,6 +180,8 @@ async def _header(args: argparse.Namespace, services: stack.Services) -> list[st
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     channels = len(stream.watched_channels())
     source = f"`git archive {args.worker_ref}`" if args.worker_ref else "the work tree"
+    if args.baseline_ref:
+        source += f", paired with the worker of `git archive {args.baseline_ref}`"
     return [
         f"# bazaar-fanout benchmark, {now}",
         "",

@@ -97,9 +97,15 @@ def _num(value: float | None, digits: int = 0) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
+def baseline_suffix(ref: str) -> str:
+    """What a path measured with the ``--baseline-ref`` worker is called: ``worker @REF``."""
+    return f" @{ref}"
+
+
 def render(header: Sequence[str], table: Sequence[Row]) -> str:
     """The whole report as Markdown."""
     lines = [*header, "", *_table(table), ""]
+    lines += _paired(table)
     lines += _ratios(table)
     lines += _targets(table)
     lines += _mongo(table)
@@ -123,13 +129,47 @@ def _table(table: Sequence[Row]) -> list[str]:
     return lines
 
 
+def _paired(table: Sequence[Row]) -> list[str]:
+    """This worker against the ``--baseline-ref`` worker, path by path, same runs."""
+    pairs = [
+        (current, row)
+        for row in table
+        if " @" in row.path and (current := _find(table, row.path.split(" @")[0])) is not None
+    ]
+    if not pairs:
+        return []
+    lines = [
+        "This worker ÷ the baseline worker, paired in the same runs (alternating which went "
+        "first):",
+        "",
+        "| path | events/s | baseline events/s | ratio | worker CPU s/1k | baseline CPU s/1k "
+        "| ratio | p50 ms | baseline p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for current, other in pairs:
+        rate, base_rate = current.e2e_rate or current.rate, other.e2e_rate or other.rate
+        lines.append(
+            f"| {current.path} vs {other.path} | {_num(rate)} | {_num(base_rate)} "
+            f"| {_ratio(rate, base_rate)} | {_num(current.cpu_s_per_1k, 2)} "
+            f"| {_num(other.cpu_s_per_1k, 2)} "
+            f"| {_ratio(current.cpu_s_per_1k, other.cpu_s_per_1k)} "
+            f"| {_num(current.p50_ms, 1)} | {_num(other.p50_ms, 1)} |"
+        )
+    return [*lines, ""]
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return "—" if value is None or not base else f"{value / base:.2f}x"
+
+
 def _find(table: Sequence[Row], path: str) -> Row | None:
     return next((row for row in table if row.path == path), None)
 
 
 def _ratios(table: Sequence[Row]) -> list[str]:
     worker, backlog = _find(table, "worker"), _find(table, "worker-backlog")
-    if worker is None and backlog is None:
+    bases = [_find(table, name) for name, _ in RATIO_TARGETS]
+    if (worker is None and backlog is None) or not any(b is not None and b.rate for b in bases):
         return []
     lines = [
         "Worker throughput ÷ baseline, same run (target met when ratio ≥ target):",
