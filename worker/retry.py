@@ -66,12 +66,14 @@ async def call_with_retries(
 
 
 def _loop(
-    attempts: int,  # the rest of the schedule: attempts and time left, first multiplier
+    attempts: int,
     total_s: float,
     initial_s: float,
     policy: RetryPolicy,
     retry_on: tuple[type[BaseException], ...],
 ) -> AsyncRetrying:
+    """The rest of ``policy``'s schedule: ``attempts`` and ``total_s`` left, waits from
+    ``initial_s`` up, jittered by ``policy.initial_s``."""
     return AsyncRetrying(
         stop=stop_after_attempt(attempts) | stop_after_delay(total_s),
         wait=wait_exponential_jitter(
