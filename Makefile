@@ -9,7 +9,7 @@ SOKETI := tools/soketi/node_modules/.bin/soketi
 .PHONY: demo test lint bench install clean
 
 demo: install  ## the worker on local defaults with a demo stream and a terminal view
-	$(BIN)/python -m worker demo $(DEMO_ARGS)
+	$(BIN)/python -m devtools demo $(DEMO_ARGS)
 
 test: install  ## every test, against real RabbitMQ, Soketi and the MongoDB stand-in
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -17,14 +17,16 @@ test: install  ## every test, against real RabbitMQ, Soketi and the MongoDB stan
 bench: install  ## the benchmark (bench/README.md); BENCH_ARGS="--events 20000 --runs 3"
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-lint: install
-	$(BIN)/ruff check worker handlers schemas tests bench
-	$(BIN)/ruff format --check worker handlers schemas tests bench
+lint: install  ## ruff, mypy --strict and the import contracts (pyproject.toml)
+	$(BIN)/ruff check worker handlers schemas devtools tests bench setup.py
+	$(BIN)/ruff format --check worker handlers schemas devtools tests bench setup.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
-install: $(VENV)/.installed $(SOKETI) clients/node/node_modules/.installed clients/js/node_modules/.installed
+install: $(VENV)/.installed $(SOKETI) clients/node/node_modules/.installed
 
-$(VENV)/.installed: pyproject.toml requirements.lock
+# The editable install copies the console's assets from clients/js (setup.py): npm first.
+$(VENV)/.installed: pyproject.toml setup.py requirements.lock clients/js/node_modules/.installed clients/js/src/*.js
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
 	touch $@

@@ -24,7 +24,7 @@ import pusher
 from bench.receipts import Receivers, Tally
 from bench.stack import WORKER, Services, Usage, WorkerProcess, fresh_database
 from bench.stream import BenchEvent, amqp_message, direct_payload, stamp, watched_channels
-from worker.soketi import Credentials, sign_request
+from worker.soketi.client import Credentials, sign_request
 
 DIRECT_IN_FLIGHT = 32
 BARE_PREFETCH = 200

@@ -1,6 +1,6 @@
 """WebSocket subscribers that count what they receive per event id: lost, duplicated, age.
 
-Each subscriber is a :class:`worker.watch.PusherSubscriber` on every watched channel
+Each subscriber is a :class:`devtools.watch.PusherSubscriber` on every watched channel
 (private ones authenticated as a browser would be). A receipt is keyed by
 ``(channel, eventId)``; a key seen twice at one subscriber is a duplicate; an event whose
 witness receipt never arrives at a subscriber is lost there. Receipts are tallied
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bench.stream import EPHEMERAL, BenchEvent
-from worker.watch import PusherSubscriber, Received, sign_channel
+from devtools.watch import PusherSubscriber, Received, sign_channel
 
 _QUIET_S = 0.5  # after the last expected receipt, how long nothing more may arrive
 _QUIET_MAX_S = 3.0

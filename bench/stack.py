@@ -32,10 +32,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 
 from bench.receipts import Endpoint
-from worker import devstack
-from worker.broker import Topology
+from devtools import devstack
+from devtools.demo import _seed
+from worker.broker.topology import Topology
 from worker.config import Settings
-from worker.demo import _seed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOKETI_APP_ID = "7007"

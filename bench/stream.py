@@ -20,8 +20,8 @@ from typing import Any
 import aio_pika
 import orjson
 
-from worker.demo import CUSTOMERS, PRODUCTS, SHOPS, _marketplace
-from worker.publish import complete, validate
+from devtools.demo import CUSTOMERS, PRODUCTS, SHOPS, _marketplace
+from worker.ops.publish import complete, validate
 
 EPHEMERAL = frozenset({"typing.started", "typing.stopped"})
 _SHOP_OF_PRODUCT = {product_id: shop_id for product_id, _, shop_id, _ in PRODUCTS}
@@ -112,7 +112,7 @@ def stamp(envelope: dict[str, Any]) -> float:
 
 
 def amqp_message(envelope: dict[str, Any]) -> aio_pika.Message:
-    """The AMQP message the backend would publish (as ``worker.publish.message_of``)."""
+    """The AMQP message the backend would publish (as ``worker.ops.publish.message_of``)."""
     return aio_pika.Message(
         body=orjson.dumps(envelope),
         content_type="application/json",

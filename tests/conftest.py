@@ -17,8 +17,8 @@ import aio_pika
 import pytest
 from pymongo import AsyncMongoClient
 
-from worker.broker import Topology
-from worker.devstack import SoketiServer, ensure_rabbitmq, start_mongo_standin, start_soketi
+from devtools.devstack import SoketiServer, ensure_rabbitmq, start_mongo_standin, start_soketi
+from worker.broker.topology import Topology
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 SOKETI_APP_ID = "4242"

@@ -18,10 +18,10 @@ import yaml
 from prometheus_client import Metric
 from prometheus_client.metrics import MetricWrapperBase
 
-from worker.broker import Topology, tier_label
+from worker.broker.sampler import queue_labels
+from worker.broker.topology import Topology, tier_label
 from worker.config import Settings
 from worker.metrics import Metrics
-from worker.monitor import queue_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -56,12 +56,6 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_dlq(commands)
 
-    demo = commands.add_parser(
-        "demo", help="start local services, the worker, a demo publisher and a terminal view"
-    )
-    demo.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
-    demo.add_argument("--rate", type=float, default=4.0, help="events per second")
-    demo.set_defaults(func=_demo)
     return parser
 
 
@@ -103,7 +97,7 @@ def _add_dlq(commands: Any) -> None:
 
 
 def _selection(args: argparse.Namespace) -> Any:
-    from worker import dlq
+    from worker.ops import dlq
 
     try:
         min_age = dlq.parse_age(args.min_age) if args.min_age else None
@@ -130,7 +124,7 @@ def _dlq_list(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from worker import dlq
+    from worker.ops import dlq
 
     settings = config.load_settings(config.BrokerSettings)
     letters = asyncio.run(dlq.list_letters(settings, _selection(args)))
@@ -146,7 +140,7 @@ def _dlq_list(args: argparse.Namespace) -> int:
 def _dlq_show(args: argparse.Namespace) -> int:
     import orjson
 
-    from worker import dlq
+    from worker.ops import dlq
 
     settings = config.load_settings(config.BrokerSettings)
     letters = asyncio.run(dlq.list_letters(settings, dlq.Selection(ids=(args.id,))))
@@ -168,7 +162,7 @@ def _dlq_show(args: argparse.Namespace) -> int:
 def _dlq_replay(args: argparse.Namespace) -> int:
     import structlog
 
-    from worker import dlq
+    from worker.ops import dlq
 
     settings = config.load_settings(config.BrokerSettings)
     selection = _selection(args)
@@ -208,7 +202,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 def _dlq_purge(args: argparse.Namespace) -> int:
     import structlog
 
-    from worker import dlq
+    from worker.ops import dlq
 
     settings = config.load_settings(config.BrokerSettings)
     selection = _selection(args)
@@ -267,7 +261,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from worker import schema_export
+    from worker.ops import schema_export
 
     written = schema_export.write(args.out)
     print(f"wrote {len(written)} files to {args.out}")
@@ -275,7 +269,7 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from worker import publish
+    from worker.ops import publish
 
     settings = config.load_settings(config.BrokerSettings)
     try:
@@ -289,7 +283,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _check(_: argparse.Namespace) -> int:
-    from worker import check
+    from worker.ops import check
 
     settings = config.load_settings(config.Settings)
     logs.configure("console", "error")
@@ -299,10 +293,3 @@ def _check(_: argparse.Namespace) -> int:
     for name, problem in results:
         print(f"{name:<9} {'ok' if problem is None else 'FAIL: ' + problem}")
     return 0 if all(problem is None for _, problem in results) else 1
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from worker import demo
-
-    logs.configure("console", "warning")
-    return asyncio.run(demo.main(duration_s=args.duration, rate=args.rate))

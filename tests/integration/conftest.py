@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from devtools.devstack import SoketiServer
 from tests.integration.proxy import TcpProxy
-from worker.devstack import SoketiServer
 
 
 @pytest.fixture

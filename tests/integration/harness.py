@@ -15,12 +15,12 @@ import aio_pika
 import orjson
 from pymongo import AsyncMongoClient
 
+from devtools.devstack import SoketiServer
+from devtools.watch import PusherSubscriber, sign_channel
 from worker import app
 from worker.config import Settings
-from worker.devstack import SoketiServer
 from worker.metrics import Metrics
 from worker.retry import RetryPolicy
-from worker.watch import PusherSubscriber, sign_channel
 
 
 class TestNames(Protocol):

@@ -16,10 +16,10 @@ import jwt
 import pytest
 from bson import ObjectId
 
+from devtools.devstack import SoketiServer
+from devtools.watch import PusherSubscriber, Received
 from tests.integration.harness import Fanout, envelope, running_worker
 from tests.integration.proxy import TcpProxy
-from worker.devstack import SoketiServer
-from worker.watch import PusherSubscriber, Received
 
 JWT_SECRET = "integration-jwt-secret-" + "5e" * 24
 COOKIE = "bazaar_session"

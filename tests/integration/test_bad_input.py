@@ -14,8 +14,8 @@ import aiohttp
 import orjson
 import pytest
 
+from devtools.devstack import SoketiServer
 from tests.integration.harness import Fanout, envelope, running_worker
-from worker.devstack import SoketiServer
 
 _DROP = object()  # a field value meaning "leave this field out"
 _USER = object()  # the default data: a valid user.registered payload

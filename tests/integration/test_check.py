@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from worker.devstack import SoketiServer, free_port
+from devtools.devstack import SoketiServer, free_port
 
 
 def _check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -18,9 +18,9 @@ import orjson
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from devtools.devstack import SoketiServer, start_soketi
 from tests.conftest import SOKETI_APP_ID, Names
 from tests.integration.harness import Fanout, envelope, running_worker
-from worker.devstack import SoketiServer, start_soketi
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -12,9 +12,9 @@ import pusher
 import pytest
 from pymongo import AsyncMongoClient
 
+from devtools.devstack import SoketiServer, start_soketi
+from devtools.watch import PusherSubscriber, Received, SubscriptionError, sign_channel
 from tests.conftest import Names
-from worker.devstack import SoketiServer, start_soketi
-from worker.watch import PusherSubscriber, Received, SubscriptionError, sign_channel
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import aio_pika
 import orjson
 import pytest
 
+from devtools.devstack import SoketiServer
 from tests.integration.harness import Fanout, envelope, running_worker
-from worker.devstack import SoketiServer
 
 
 @pytest.fixture

@@ -13,15 +13,15 @@ import orjson
 import pytest
 from pymongo import AsyncMongoClient
 
+from devtools.devstack import SoketiServer
+from devtools.watch import Received
 from handlers.model import Delivery
 from schemas import parse_event
 from tests.integration.harness import Fanout, envelope, running_worker
 from tests.integration.proxy import TcpProxy
-from worker.devstack import SoketiServer
-from worker.history import History, format_cursor, parse_cursor
-from worker.mongo import HistoryLog, MongoGateway
+from worker.history.recorder import History, format_cursor, parse_cursor
+from worker.mongo.gateway import HistoryLog, MongoGateway
 from worker.retry import RetryPolicy
-from worker.watch import Received
 
 JWT_SECRET = "history-jwt-secret-" + "7a" * 24
 ADMIN = {"sub": "admin1", "role": "admin"}

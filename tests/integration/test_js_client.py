@@ -18,9 +18,9 @@ from typing import Any
 import jwt
 import pytest
 
+from devtools.devstack import SoketiServer, start_soketi
 from tests.conftest import SOKETI_APP_ID, Names
 from tests.integration.harness import Fanout, envelope, running_worker
-from worker.devstack import SoketiServer, start_soketi
 
 JS_DIR = Path(__file__).parents[2] / "clients" / "js"
 NODE = shutil.which("node")

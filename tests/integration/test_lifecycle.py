@@ -25,11 +25,11 @@ import orjson
 from aio_pika.abc import AbstractChannel
 from prometheus_client.parser import text_string_to_metric_families
 
+import worker.broker.topology as broker
+from devtools.devstack import SoketiServer, free_port
+from devtools.watch import PusherSubscriber, sign_channel
 from tests.conftest import Names
 from tests.integration.harness import envelope, running_worker
-from worker import broker
-from worker.devstack import SoketiServer, free_port
-from worker.watch import PusherSubscriber, sign_channel
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "private-admin"

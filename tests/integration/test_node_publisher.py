@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from devtools.devstack import SoketiServer
 from tests.conftest import Names
 from tests.integration.harness import Fanout, running_worker
-from worker.devstack import SoketiServer
 
 NODE_DIR = Path(__file__).parents[2] / "clients" / "node"
 NODE = shutil.which("node")

@@ -8,9 +8,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from devtools.devstack import SoketiServer
 from tests.integration.harness import Fanout, envelope, iso_ago, running_worker, wait_until
 from tests.integration.proxy import TcpProxy
-from worker.devstack import SoketiServer
 
 
 @pytest.fixture

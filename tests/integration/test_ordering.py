@@ -7,9 +7,9 @@ from typing import Any
 import aio_pika
 import orjson
 
+from devtools.devstack import SoketiServer
+from devtools.watch import PusherSubscriber, sign_channel
 from tests.integration.harness import envelope, running_worker
-from worker.devstack import SoketiServer
-from worker.watch import PusherSubscriber, sign_channel
 
 CONVERSATIONS = [f"c{i}" for i in range(6)]
 PER_CONVERSATION = 100

@@ -7,9 +7,9 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from devtools.devstack import SoketiServer
 from tests.integration.harness import Fanout, envelope, running_worker, wait_until
 from tests.integration.proxy import TcpProxy
-from worker.devstack import SoketiServer
 
 
 def _delivered_ids(fanout: Fanout) -> Counter[str]:

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
+from devtools.devstack import SoketiServer
+from devtools.watch import PusherSubscriber
 from schemas import EPHEMERAL_TYPES
 from tests.integration.harness import Fanout, envelope, iso_ago, running_worker
-from worker.devstack import SoketiServer
-from worker.history import format_cursor
-from worker.watch import PusherSubscriber
+from worker.history.recorder import format_cursor
 
 CUSTOMER = ObjectId()
 CUSTOMER_ID = str(CUSTOMER)

@@ -15,10 +15,10 @@ import aiohttp
 import orjson
 import pytest
 
+from devtools.devstack import SoketiServer, free_port, start_soketi
+from devtools.watch import PusherSubscriber, Received
 from tests.conftest import SOKETI_APP_ID
 from tests.integration.harness import Fanout, envelope, running_worker, wait_until
-from worker.devstack import SoketiServer, free_port, start_soketi
-from worker.watch import PusherSubscriber, Received
 
 WEBHOOK_TYPES = ["channel_occupied", "channel_vacated"]
 P = "bazaar_fanout_"

@@ -10,10 +10,10 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from devtools.devstack import SoketiServer
 from tests.integration.harness import Fanout, envelope, running_worker
 from tests.integration.proxy import TcpProxy
-from worker.broker import Topology, declare
-from worker.devstack import SoketiServer
+from worker.broker.topology import Topology, declare
 from worker.retry import RetryPolicy
 
 FANOUT_HEADERS = {

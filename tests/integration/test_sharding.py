@@ -19,6 +19,8 @@ from typing import Any
 import aio_pika
 import orjson
 
+from devtools.devstack import SoketiServer
+from devtools.watch import PusherSubscriber, sign_channel
 from tests.conftest import Names
 from tests.integration.harness import envelope
 from tests.integration.test_lifecycle import (
@@ -29,9 +31,7 @@ from tests.integration.test_lifecycle import (
     worker_env,
     worker_process,
 )
-from worker.broker import LANE
-from worker.devstack import SoketiServer
-from worker.watch import PusherSubscriber, sign_channel
+from worker.broker.topology import LANE
 
 SHARDS = 4
 CONVERSATIONS = [f"conv{i}" for i in range(8)]

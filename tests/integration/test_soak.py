@@ -15,9 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import pytest
 
+from devtools.devstack import SoketiServer
 from tests.integration.harness import Fanout, envelope, iso_ago, running_worker, wait_until
 from tests.integration.proxy import TcpProxy
-from worker.devstack import SoketiServer
 
 TOTAL = 3000
 #: How far publishing may run ahead of the worker, so the stream lasts as long as the work

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from worker.auth import (
+from worker.web.auth import (
     Decision,
     Facts,
     OrderParties,
@@ -24,7 +24,7 @@ from worker.auth import (
     parse_channel,
     verify_token,
 )
-from worker.auth.policy import ChannelRef
+from worker.web.auth.policy import ChannelRef
 
 SECRET = "unit-test-secret-" + "0123456789abcdef" * 4  # 80 bytes: long enough for HS512 too
 OID = "65f0c0ffee0123456789abcd"  # an ObjectId as the backend writes it, in string form

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import pytest
 
-from worker.coalesce import Coalescer
 from worker.errors import StoreUnavailable
+from worker.mongo.coalesce import Coalescer
 
 
 class Bulk:

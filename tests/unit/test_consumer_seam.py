@@ -12,10 +12,10 @@ import orjson
 
 from handlers.model import Account, Product
 from tests.unit.fakes import Processed, Soketi
-from worker.circuit import Circuit, Circuits
-from worker.consumer import Consumer, SettlePaths
+from worker.flow.circuit import Circuit, Circuits
+from worker.flow.consumer import Consumer, SettlePaths
+from worker.flow.pipeline import Deps
 from worker.metrics import Metrics
-from worker.pipeline import Deps
 
 
 class SlowFirstStore:

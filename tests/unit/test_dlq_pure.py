@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker.dlq import DeadLetter, Selection, message_key, parse_age
+from worker.ops.dlq import DeadLetter, Selection, message_key, parse_age
 
 
 def _letter(**changes: object) -> DeadLetter:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from handlers.model import Delivery
-from worker.history import (
+from worker.history.recorder import (
     CURSOR_DIGITS,
     DEFAULT_LIMIT,
     MAX_LIMIT,

@@ -8,7 +8,7 @@ import random
 import orjson
 import pytest
 
-from worker.lanes import NUMBER, SEND, UNORDERED, Lanes, lane_key, peek
+from worker.flow.lanes import NUMBER, SEND, UNORDERED, Lanes, lane_key, peek
 
 
 async def handle(

@@ -11,7 +11,7 @@ import pytest
 from handlers.model import Account, Product
 from tests.unit.fakes import Processed, Soketi
 from worker.errors import StoreUnavailable
-from worker.pipeline import Deps, Unrecorded, process
+from worker.flow.pipeline import Deps, Unrecorded, process
 
 
 class Store:

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from handlers.model import Delivery
-from worker.batching import TriggerBatcher
 from worker.errors import RejectedBySoketi
-from worker.soketi import Limits
+from worker.flow.batching import TriggerBatcher
+from worker.soketi.client import Limits
 
 
 class Client:

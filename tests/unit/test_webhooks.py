@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from worker.mongo import PresenceState
-from worker.presence import (
+from worker.mongo.gateway import PresenceState
+from worker.web.presence import (
     MAX_AGE_MS,
     Change,
     Rejected,
@@ -25,7 +25,7 @@ from worker.presence import (
     subject_of_key,
     verify,
 )
-from worker.stats import EventRates
+from worker.web.stats import EventRates
 
 KEY, SECRET = "app-key", "app-secret"
 NOW_MS = 1_800_000_000_000

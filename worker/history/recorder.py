@@ -38,16 +38,16 @@ from aiohttp import web
 
 from handlers.model import Delivery, Payload
 from schemas import EPHEMERAL_TYPES, Event
-from worker import auth
-from worker.coalesce import Coalescer
 from worker.errors import FanoutError, StoreUnavailable
-from worker.lanes import NUMBER, UNORDERED, Turn
+from worker.flow.lanes import NUMBER, UNORDERED, Turn
 from worker.metrics import Metrics
-from worker.mongo import HistoryLog, MongoGateway
+from worker.mongo.coalesce import Coalescer
+from worker.mongo.gateway import HistoryLog, MongoGateway
+from worker.web import auth
 
 if TYPE_CHECKING:
-    from worker.browser import BrowserContext, Task
     from worker.config import Settings
+    from worker.web import BrowserContext, Task
 
 log = structlog.get_logger("fanout")
 

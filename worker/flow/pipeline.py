@@ -23,13 +23,13 @@ from handlers import route
 from handlers.model import Delivery, Store
 from schemas import EPHEMERAL_TYPES, Event, EventRejected, parse_event
 from worker.errors import FanoutError, InvalidMessage, TransientError
-from worker.lanes import NUMBER, SEND, UNORDERED, Turn
+from worker.flow.lanes import NUMBER, SEND, UNORDERED, Turn
 
 Outcome = Literal["delivered", "duplicate", "dropped"]
 
 
 class ProcessedIds(Protocol):
-    """The record of envelope ids already pushed (``worker.mongo.ProcessedLog``).
+    """The record of envelope ids already pushed (``worker.mongo.gateway.ProcessedLog``).
 
     ``seen`` may start its query when called, before it is awaited (``BatchingProcessedIds``).
     """
@@ -40,7 +40,7 @@ class ProcessedIds(Protocol):
 
 
 class Deliverer(Protocol):
-    """Something that triggers deliveries on Soketi (``worker.soketi.SoketiClient``)."""
+    """Something that triggers deliveries on Soketi (``worker.soketi.client.SoketiClient``)."""
 
     async def deliver(
         self,
@@ -51,7 +51,7 @@ class Deliverer(Protocol):
 
 
 class Recorder(Protocol):
-    """Numbers and records deliveries before they go out (``worker.history.History``).
+    """Numbers and records deliveries before they go out (``worker.history.recorder.History``).
 
     ``stamp`` waits for ``turn``'s ``NUMBER`` step before numbering and passes it once the
     numbers are taken. ``maybe_recorded`` is false on a message's first delivery, when no

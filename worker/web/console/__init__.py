@@ -36,29 +36,19 @@ import orjson
 import structlog
 from aiohttp import web
 
-from worker import auth, dlq
 from worker.metrics import PREFIX, Metrics
-from worker.publish import UsageError, complete, message_of, validate
+from worker.ops import dlq
+from worker.ops.publish import UsageError, complete, message_of, validate
+from worker.web import auth
 
 if TYPE_CHECKING:
-    from worker.browser import BrowserContext, Task
+    from worker.web import BrowserContext, Task
 
 log = structlog.get_logger("fanout")
 
-STATIC_DIR: Final = Path(__file__).parent / "console_static"
-#: clients/js with its npm dependencies (``make install``); pusher-js is vendored from there.
-JS_CLIENT_DIR: Final = Path(__file__).parents[1] / "clients" / "js"
-VENDOR: Final = {
-    "pusher.min.js": JS_CLIENT_DIR
-    / "node_modules"
-    / "pusher-js"
-    / "dist"
-    / "web"
-    / "pusher.min.js",
-    "realtime/index.js": JS_CLIENT_DIR / "src" / "index.js",
-    "realtime/http.js": JS_CLIENT_DIR / "src" / "http.js",
-    "realtime/seen.js": JS_CLIENT_DIR / "src" / "seen.js",
-}
+STATIC_DIR: Final = Path(__file__).parent / "static"
+#: pusher-js and clients/js, copied into the package when it is built or installed (setup.py).
+VENDOR_DIR: Final = STATIC_DIR / "vendor"
 STATIC_FILES: Final = {
     "console.css": "text/css",
     "console.js": "text/javascript",
@@ -237,6 +227,7 @@ class Console:
         self._dlq_lock = asyncio.Lock()
         self._html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
         self._page_headers = _page_headers(self._html)
+        self._vendor = vendored(VENDOR_DIR)
 
     # -- the page --
 
@@ -252,12 +243,11 @@ class Console:
         return web.FileResponse(STATIC_DIR / name, headers={"Content-Type": STATIC_FILES[name]})
 
     async def vendor(self, request: web.Request) -> web.StreamResponse:
-        """pusher-js and clients/js, from where ``make install`` put them."""
-        path = VENDOR.get(request.match_info["file"])
+        """pusher-js and clients/js, from the package (a list made at start: no path from the
+        request reaches the disk)."""
+        path = self._vendor.get(request.match_info["file"])
         if path is None:
             raise web.HTTPNotFound()
-        if not path.is_file():
-            return web.Response(status=503, text=f"{path.name} is missing: run `make install`\n")
         return web.FileResponse(path, headers={"Content-Type": "text/javascript"})
 
     async def config(self, _: web.Request) -> web.StreamResponse:
@@ -394,6 +384,21 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     return body
+
+
+def vendored(folder: Path) -> dict[str, Path]:
+    """Every file under ``folder`` by its relative name; warns when there is none."""
+    found = {
+        path.relative_to(folder).as_posix(): path
+        for path in sorted(folder.rglob("*.js"))
+        if path.is_file()
+    }
+    if not found:
+        log.warning(
+            "console.assets_missing",
+            detail=f"{folder} is empty: reinstall the package (make install) to vendor pusher-js",
+        )
+    return found
 
 
 def _dumps(value: Any) -> str:

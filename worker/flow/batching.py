@@ -21,10 +21,10 @@ from typing import Any
 
 from handlers.channels import is_chat
 from handlers.model import Account, Delivery, Product, Store
-from worker.coalesce import Answer, Coalescer
 from worker.errors import PermanentError
-from worker.mongo import ProcessedLog
-from worker.soketi import SoketiClient, batch_entries
+from worker.mongo.coalesce import Answer, Coalescer
+from worker.mongo.gateway import ProcessedLog
+from worker.soketi.client import SoketiClient, batch_entries
 
 
 class BatchingStore:

@@ -12,18 +12,22 @@ import aio_pika
 import aiohttp
 import structlog
 
-from worker import broker, browser, history, http, mongo
-from worker.batching import BatchingProcessedIds, BatchingStore, TriggerBatcher
-from worker.circuit import Circuit, CircuitGate, Circuits
+import worker.broker.topology as broker
+import worker.history.recorder as history
+import worker.mongo.gateway as mongo
+import worker.web as browser
+import worker.web.server as http
+from worker.broker.sampler import Heartbeat, sample_queues
 from worker.config import Settings
-from worker.consumer import Consumer, SettlePaths
 from worker.errors import FanoutError
+from worker.flow.batching import BatchingProcessedIds, BatchingStore, TriggerBatcher
+from worker.flow.circuit import Circuit, CircuitGate, Circuits
+from worker.flow.consumer import Consumer, SettlePaths
+from worker.flow.pipeline import Deps
+from worker.flow.subscription import Subscription
 from worker.metrics import Metrics
-from worker.monitor import Heartbeat, sample_queues
-from worker.pipeline import Deps
 from worker.retry import RetryPolicy
-from worker.soketi import Credentials, Limits, SoketiClient
-from worker.subscription import Subscription
+from worker.soketi.client import Credentials, Limits, SoketiClient
 
 log = structlog.get_logger("fanout")
 

@@ -19,10 +19,10 @@ import structlog
 from handlers.channels import PRIVATE_ADMIN
 from handlers.model import Delivery
 from worker.metrics import PREFIX, Metrics
-from worker.mongo import PresenceStore
+from worker.mongo.gateway import PresenceStore
 
 if TYPE_CHECKING:
-    from worker.browser import BrowserContext, Task
+    from worker.web import BrowserContext, Task
 
 log = structlog.get_logger("fanout")
 

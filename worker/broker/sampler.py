@@ -9,7 +9,7 @@ import time
 import structlog
 from aio_pika.abc import AbstractChannel
 
-from worker.broker import Topology, tier_label
+from worker.broker.topology import Topology, tier_label
 from worker.metrics import Metrics
 
 log = structlog.get_logger("fanout")

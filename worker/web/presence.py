@@ -33,12 +33,12 @@ from aiohttp import web
 
 from schemas import Event
 from schemas.base import ID_PATTERN
-from worker.mongo import PresenceState, PresenceStore
-from worker.pipeline import parse
-from worker.publish import message_of
+from worker.flow.pipeline import parse
+from worker.mongo.gateway import PresenceState, PresenceStore
+from worker.ops.publish import message_of
 
 if TYPE_CHECKING:
-    from worker.browser import BrowserContext, Task
+    from worker.web import BrowserContext, Task
 
 log = structlog.get_logger("fanout")
 

@@ -9,11 +9,11 @@ import aio_pika
 import aiohttp
 from pymongo.uri_parser import parse_uri
 
-from worker import mongo
+import worker.mongo.gateway as mongo
 from worker.config import Settings
 from worker.errors import FanoutError
 from worker.retry import RetryPolicy
-from worker.soketi import Credentials, Limits, SoketiClient
+from worker.soketi.client import Credentials, Limits, SoketiClient
 
 _ONCE = RetryPolicy(attempts=1, total_s=10, initial_s=0, max_wait_s=0)
 

@@ -15,9 +15,8 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
+import worker.broker.topology as broker
 from schemas import EVENT_TYPES
-from worker import broker
-from worker.circuit import Circuits
 from worker.errors import (
     FanoutError,
     Interrupted,
@@ -26,9 +25,10 @@ from worker.errors import (
     PermanentError,
     TransientError,
 )
-from worker.lanes import Lanes, Turn, peek
+from worker.flow.circuit import Circuits
+from worker.flow.lanes import Lanes, Turn, peek
+from worker.flow.pipeline import Deps, Result, process
 from worker.metrics import Metrics
-from worker.pipeline import Deps, Result, process
 
 log = structlog.get_logger("fanout")
 

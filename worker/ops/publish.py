@@ -12,11 +12,11 @@ import aio_pika
 import orjson
 
 from schemas import Event
-from worker.broker import LANE
+from worker.broker.topology import LANE
 from worker.config import BrokerSettings
 from worker.errors import InvalidMessage
-from worker.lanes import lane_key
-from worker.pipeline import parse
+from worker.flow.lanes import lane_key
+from worker.flow.pipeline import parse
 
 
 class UsageError(ValueError):

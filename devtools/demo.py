@@ -1,4 +1,4 @@
-"""``python -m worker demo``: the whole pipeline on this machine, with a marketplace playing on it.
+"""``make demo`` (``python -m devtools demo``): the whole pipeline, with a marketplace on it.
 
 Starts local Soketi and the MongoDB stand-in (or uses ``MONGODB_URL``), makes sure RabbitMQ
 runs, seeds shops, customers and products, runs the worker, publishes a believable stream
@@ -26,10 +26,11 @@ import aio_pika
 import jwt
 from pymongo import AsyncMongoClient
 
-from worker import app, devstack
+from devtools import devstack
+from devtools.watch import PusherSubscriber, Received, sign_channel
+from worker import app
 from worker.config import Settings
-from worker.publish import complete, message_of, validate
-from worker.watch import PusherSubscriber, Received, sign_channel
+from worker.ops.publish import complete, message_of, validate
 
 SHOPS = [
     ("shop-chai", "Chai Point"),

@@ -14,11 +14,12 @@ from typing import Any
 from aio_pika.abc import AbstractExchange
 from aiohttp import web
 
-from worker import auth, console, history, presence, stats
+import worker.history.recorder as history
 from worker.config import Settings
 from worker.metrics import Metrics
-from worker.mongo import MongoGateway
-from worker.soketi import SoketiClient
+from worker.mongo.gateway import MongoGateway
+from worker.soketi.client import SoketiClient
+from worker.web import auth, console, presence, stats
 
 Task = Callable[[], Coroutine[Any, Any, None]]
 

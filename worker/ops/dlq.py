@@ -23,7 +23,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from worker import broker
+import worker.broker.topology as broker
 from worker.config import BrokerSettings
 
 

@@ -25,10 +25,10 @@ from aiohttp import web
 from pusher.authentication_client import AuthenticationClient
 
 from schemas.base import SOCKET_ID_PATTERN
-from worker.auth.policy import AccessLookups, decide, load_facts, parse_channel
-from worker.auth.tokens import Subject, Unauthenticated, verify_token
 from worker.errors import StoreUnavailable
 from worker.metrics import Metrics
+from worker.web.auth.policy import AccessLookups, decide, load_facts, parse_channel
+from worker.web.auth.tokens import Subject, Unauthenticated, verify_token
 
 log = structlog.get_logger("fanout")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from schemas.base import ID_PATTERN
-from worker.auth.tokens import Subject
+from worker.web.auth.tokens import Subject
 
 Kind = Literal["user", "seller", "admin", "chat", "order"]
 
@@ -75,7 +75,7 @@ class Decision:
 
 
 class AccessLookups(Protocol):
-    """The MongoDB reads channel authorization needs (``worker.mongo.AccessStore``)."""
+    """The MongoDB reads channel authorization needs (``worker.mongo.gateway.AccessStore``)."""
 
     async def conversation_members(self, conversation_id: str) -> frozenset[str] | None: ...
 

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from worker.auth.endpoints import ChannelGuard, Verdict, build
-from worker.auth.policy import Decision, Facts, OrderParties, decide, load_facts, parse_channel
-from worker.auth.tokens import Subject, Unauthenticated, verify_token
-from worker.mongo import AccessStore
+from worker.mongo.gateway import AccessStore
+from worker.web.auth.endpoints import ChannelGuard, Verdict, build
+from worker.web.auth.policy import Decision, Facts, OrderParties, decide, load_facts, parse_channel
+from worker.web.auth.tokens import Subject, Unauthenticated, verify_token
 
 if TYPE_CHECKING:
-    from worker.browser import BrowserContext
+    from worker.web import BrowserContext
 
 log = structlog.get_logger("fanout")
 
