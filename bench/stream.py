@@ -112,7 +112,7 @@ def stamp(envelope: dict[str, Any]) -> float:
 
 
 def amqp_message(envelope: dict[str, Any]) -> aio_pika.Message:
-    """The AMQP message the backend would publish (as ``worker.ops.publish.message_of``)."""
+    """The AMQP message the backend would publish (as ``worker.events.message_of``)."""
     return aio_pika.Message(
         body=orjson.dumps(envelope),
         content_type="application/json",

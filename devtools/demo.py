@@ -22,15 +22,16 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import aio_pika
 import jwt
 from pymongo import AsyncMongoClient
 
 from devtools import devstack
 from devtools.watch import PusherSubscriber, Received, sign_channel
 from worker import app
+from worker.broker.connections import publishing
 from worker.config import Settings
-from worker.ops.publish import complete, message_of, validate
+from worker.events import message_of
+from worker.ops.publish import complete, validate
 
 SHOPS = [
     ("shop-chai", "Chai Point"),
@@ -268,12 +269,8 @@ def _line(received: Received) -> str:
 
 
 async def _publish_stream(settings: Settings, duration_s: float, rate: float) -> None:
-    connection = await aio_pika.connect(settings.rabbitmq_url.get_secret_value())
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.declare_exchange(
-            settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+    url = settings.rabbitmq_url.get_secret_value()
+    async with publishing(url, settings.events_exchange, purpose="demo") as exchange:
         deadline = time.monotonic() + duration_s if duration_s > 0 else float("inf")
         for envelope in _marketplace(random.Random(7)):
             if time.monotonic() >= deadline:

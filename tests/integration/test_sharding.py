@@ -31,7 +31,7 @@ from tests.integration.test_lifecycle import (
     worker_env,
     worker_process,
 )
-from worker.broker.topology import LANE
+from worker.events import LANE
 
 SHARDS = 4
 CONVERSATIONS = [f"conv{i}" for i in range(8)]

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-import aio_pika
 import aiohttp
 import structlog
 
@@ -17,6 +16,7 @@ import worker.history.recorder as history
 import worker.mongo.gateway as mongo
 import worker.web as browser
 import worker.web.server as http
+from worker.broker.connections import connect_robust
 from worker.broker.sampler import Heartbeat, sample_queues
 from worker.config import Settings
 from worker.errors import FanoutError
@@ -130,18 +130,14 @@ async def run(
             log.warning("fanout.index_setup_failed", error=str(error))
 
         url = settings.rabbitmq_url.get_secret_value()
-        connection = await aio_pika.connect_robust(
-            url, client_properties={"connection_name": "bazaar-fanout consumer"}
-        )
+        connection = await connect_robust(url, purpose="consumer")
         stack.push_async_callback(connection.close)
         connection.reconnect_callbacks.add(
             lambda *_: metrics.reconnects.labels(kind="connection").inc()
         )
         # Republishing (retry tiers, dead letters) has its own connection, so a consumer
         # channel in trouble never blocks the confirms that let us ack.
-        publishing = await aio_pika.connect_robust(
-            url, client_properties={"connection_name": "bazaar-fanout publisher"}
-        )
+        publishing = await connect_robust(url, purpose="publisher")
         stack.push_async_callback(publishing.close)
         channel = await connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=settings.prefetch_count)

@@ -47,13 +47,12 @@ from aio_pika.abc import (
 )
 
 from worker.errors import Misconfigured
+from worker.events import LANE
 
 REASON = "fanout-reason"
 ERROR = "fanout-error"
 ATTEMPTS = "fanout-attempts"
 FIRST_FAILED_AT = "fanout-first-failed-at"
-#: The header the publisher sets to an event's conversation; sharded mode hashes on it.
-LANE = "fanout-lane"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,9 @@ from worker.errors import (
     PermanentError,
     TransientError,
 )
+from worker.events import peek
 from worker.flow.circuit import Circuits
-from worker.flow.lanes import Lanes, Turn, peek
+from worker.flow.lanes import Lanes, Turn
 from worker.flow.pipeline import Deps, Result, process
 from worker.metrics import Metrics
 

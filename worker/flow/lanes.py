@@ -25,43 +25,10 @@ from collections.abc import Callable
 from functools import partial
 from typing import Final
 
-import orjson
-
 #: The ordered steps, in the order a message passes them.
 NUMBER: Final = 0
 SEND: Final = 1
 _STEPS: Final = 2
-
-#: Event type families whose ``data.conversationId`` names the lane.
-LANED_FAMILIES = ("message.", "typing.")
-
-
-def lane_key(body: bytes) -> str | None:
-    """The conversation a raw message belongs to, or ``None`` (no lane) for anything else."""
-    return peek(body)[0]
-
-
-def peek(body: bytes) -> tuple[str | None, str | None]:
-    """The lane (conversation) and envelope id of a raw message, each ``None`` if unreadable.
-
-    Cheap and forgiving on purpose: it runs before parsing, and whatever it cannot read
-    simply gets no lane or id; the pipeline's own parse decides whether the message is valid.
-    """
-    try:
-        envelope = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(envelope, dict):
-        return None, None
-    event_id = envelope.get("id")
-    event_id = event_id if isinstance(event_id, str) and event_id else None
-    event_type = envelope.get("type")
-    if not isinstance(event_type, str) or not event_type.startswith(LANED_FAMILIES):
-        return None, event_id
-    data = envelope.get("data")
-    conversation = data.get("conversationId") if isinstance(data, dict) else None
-    lane = conversation if isinstance(conversation, str) and conversation else None
-    return lane, event_id
 
 
 class Turn:

@@ -21,8 +21,9 @@ from typing import Literal, Protocol
 
 from handlers import route
 from handlers.model import Delivery, Store
-from schemas import EPHEMERAL_TYPES, Event, EventRejected, parse_event
-from worker.errors import FanoutError, InvalidMessage, TransientError
+from schemas import EPHEMERAL_TYPES, Event
+from worker.errors import FanoutError, TransientError
+from worker.events import parse
 from worker.flow.lanes import NUMBER, SEND, UNORDERED, Turn
 
 Outcome = Literal["delivered", "duplicate", "dropped"]
@@ -179,14 +180,6 @@ class Result:
     deliveries: int = 0
     age_s: float = 0.0
     detail: str = ""
-
-
-def parse(body: bytes) -> Event:
-    """Validate a message body into one catalogue event, or raise ``InvalidMessage``."""
-    try:
-        return parse_event(body)
-    except EventRejected as error:
-        raise InvalidMessage(str(error), reason=error.reason) from error
 
 
 async def process(

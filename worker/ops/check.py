@@ -10,6 +10,7 @@ import aiohttp
 from pymongo.uri_parser import parse_uri
 
 import worker.mongo.gateway as mongo
+from worker.broker.connections import connect
 from worker.config import Settings
 from worker.errors import FanoutError
 from worker.retry import RetryPolicy
@@ -47,7 +48,7 @@ async def _rabbitmq(settings: Settings) -> None:
     parts = urlsplit(url)
     where = f"{parts.hostname}:{parts.port or 5672}"
     try:
-        connection = await aio_pika.connect(url, timeout=5)
+        connection = await connect(url, purpose="check", timeout_s=5)
     except ConnectionError as error:
         raise FanoutError(f"cannot connect to {where}: {_os_reason(error)}") from error
     except aio_pika.exceptions.ProbableAuthenticationError as error:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 import worker.broker.topology as broker
+from worker.broker.connections import connect
 from worker.config import BrokerSettings
 
 
@@ -130,7 +130,8 @@ async def browse(
     settings: BrokerSettings, limit: int = 100_000
 ) -> AsyncIterator[tuple[AbstractChannel, list[tuple[AbstractIncomingMessage, DeadLetter]]]]:
     """Take up to ``limit`` dead letters unacked; whatever is not acked returns on exit."""
-    connection = await aio_pika.connect(settings.rabbitmq_url.get_secret_value(), timeout=10)
+    url = settings.rabbitmq_url.get_secret_value()
+    connection = await connect(url, purpose="dlq", timeout_s=10)
     async with connection:
         # on_return_raises: an unroutable replay fails loudly instead of vanishing.
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -8,15 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import orjson
 
 from schemas import Event
-from worker.broker.topology import LANE
+from worker.broker.connections import publishing
 from worker.config import BrokerSettings
 from worker.errors import InvalidMessage
-from worker.flow.lanes import lane_key
-from worker.flow.pipeline import parse
+from worker.events import message_of, parse
 
 
 class UsageError(ValueError):
@@ -62,28 +60,10 @@ def validate(envelope: dict[str, Any]) -> Event:
         raise UsageError(f"{error.reason}: {error}") from error
 
 
-def message_of(event: Event) -> aio_pika.Message:
-    """The AMQP message the backend publishes for ``event`` (contract section 2)."""
-    body = orjson.dumps(event.model_dump(mode="json", by_alias=True, exclude_none=True))
-    lane = lane_key(body)
-    return aio_pika.Message(
-        body=body,
-        # Sharded workers hash on it to keep a conversation in one shard (and so in order).
-        headers={LANE: lane} if lane is not None else None,
-        content_type="application/json",
-        message_id=event.id,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
-
-
 async def publish(settings: BrokerSettings, event: Event) -> Event:
     """Publish ``event`` to the events exchange with a publisher confirm."""
-    connection = await aio_pika.connect(settings.rabbitmq_url.get_secret_value())
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.declare_exchange(
-            settings.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+    url = settings.rabbitmq_url.get_secret_value()
+    async with publishing(url, settings.events_exchange, purpose="publish") as exchange:
         await exchange.publish(message_of(event), routing_key=event.type)
     return event
 

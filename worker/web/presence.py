@@ -33,9 +33,8 @@ from aiohttp import web
 
 from schemas import Event
 from schemas.base import ID_PATTERN
-from worker.flow.pipeline import parse
+from worker.events import message_of, parse
 from worker.mongo.gateway import PresenceState, PresenceStore
-from worker.ops.publish import message_of
 
 if TYPE_CHECKING:
     from worker.web import BrowserContext, Task

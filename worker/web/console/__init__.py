@@ -36,9 +36,10 @@ import orjson
 import structlog
 from aiohttp import web
 
+from worker.events import message_of
 from worker.metrics import PREFIX, Metrics
 from worker.ops import dlq
-from worker.ops.publish import UsageError, complete, message_of, validate
+from worker.ops.publish import UsageError, complete, validate
 from worker.web import auth
 
 if TYPE_CHECKING:
