@@ -1,14 +1,16 @@
-"""Channel names (CONTRACT sections 3 and 5): pure builders, one per kind of channel.
+"""Channel names (CONTRACT sections 3 and 5): the one place they are built and read.
 
 Every builder refuses an id outside ``[A-Za-z0-9_-]{1,64}``, so no id can forge another
 channel's name; schemas already guarantee that for ids from events, and ``is_id`` lets
-handlers check ids read from MongoDB before building a name from them.
+handlers check ids read from MongoDB before building a name from them. ``parse_channel``
+reads a name back exactly (authorization, presence webhooks).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from dataclasses import dataclass
+from typing import Final, Literal
 
 from schemas.base import ID_PATTERN
 
@@ -16,6 +18,37 @@ PRIVATE_ADMIN = "private-admin"
 PUBLIC = "public"
 
 _ID = re.compile(ID_PATTERN)
+
+#: The kinds of channel a name can be read as.
+Kind = Literal["user", "seller", "admin", "chat", "order"]
+
+_ID_BODY: Final = ID_PATTERN.removeprefix("^").removesuffix("$")
+# One exact shape per kind; ``fullmatch`` means nothing may precede or follow the id.
+_PATTERNS: Final[tuple[tuple[Kind, re.Pattern[str]], ...]] = (
+    ("user", re.compile(rf"private-user-({_ID_BODY})", re.ASCII)),
+    ("seller", re.compile(rf"private-seller-({_ID_BODY})", re.ASCII)),
+    ("chat", re.compile(rf"private-chat-({_ID_BODY})", re.ASCII)),
+    ("order", re.compile(rf"private-order-({_ID_BODY})", re.ASCII)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRef:
+    """A channel name read exactly: its kind and the id it carries (``""`` for admin)."""
+
+    kind: Kind
+    id: str
+
+
+def parse_channel(name: str) -> ChannelRef | None:
+    """The exact reading of ``name``, or ``None`` for ``public`` and anything unknown."""
+    if name == PRIVATE_ADMIN:
+        return ChannelRef("admin", "")
+    for kind, pattern in _PATTERNS:
+        match = pattern.fullmatch(name)
+        if match is not None:
+            return ChannelRef(kind, match.group(1))
+    return None
 
 
 def is_id(value: str) -> bool:

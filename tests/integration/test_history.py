@@ -19,8 +19,10 @@ from handlers.model import Delivery
 from schemas import parse_event
 from tests.integration.harness import Fanout, envelope, running_worker
 from tests.integration.proxy import TcpProxy
-from worker.history.recorder import History, format_cursor, parse_cursor
-from worker.mongo.gateway import HistoryLog, MongoGateway
+from worker.history.cursor import format_cursor, parse_cursor
+from worker.history.recorder import History
+from worker.mongo.gateway import MongoGateway
+from worker.mongo.history import HistoryLog
 from worker.retry import RetryPolicy
 
 JWT_SECRET = "history-jwt-secret-" + "7a" * 24
@@ -428,8 +430,8 @@ async def test_two_workers_numbering_one_channel_never_share_a_number(
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
     try:
         gateway = MongoGateway(client[names.db], RetryPolicy.instant())
-        log = HistoryLog(gateway, 3600)
-        first, second = History(log), History(log)
+        # Two processes: each has its own log (and so its own batched writes).
+        first, second = History(HistoryLog(gateway, 3600)), History(HistoryLog(gateway, 3600))
         await first.ensure_indexes()
 
         async def record(history: History, n: int) -> list[Delivery]:

@@ -15,7 +15,7 @@ from devtools.devstack import SoketiServer
 from devtools.watch import PusherSubscriber
 from schemas import EPHEMERAL_TYPES
 from tests.integration.harness import Fanout, envelope, iso_ago, running_worker
-from worker.history.recorder import format_cursor
+from worker.history.cursor import format_cursor
 
 CUSTOMER = ObjectId()
 CUSTOMER_ID = str(CUSTOMER)

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from handlers.channels import ChannelRef
 from worker.web.auth import (
     Decision,
     Facts,
@@ -24,7 +25,6 @@ from worker.web.auth import (
     parse_channel,
     verify_token,
 )
-from worker.web.auth.policy import ChannelRef
 
 SECRET = "unit-test-secret-" + "0123456789abcdef" * 4  # 80 bytes: long enough for HS512 too
 OID = "65f0c0ffee0123456789abcd"  # an ObjectId as the backend writes it, in string form

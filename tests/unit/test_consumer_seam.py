@@ -13,8 +13,9 @@ import orjson
 from handlers.model import Account, Product
 from tests.unit.fakes import Processed, Soketi
 from worker.flow.circuit import Circuit, Circuits
-from worker.flow.consumer import Consumer, SettlePaths
-from worker.flow.pipeline import Deps
+from worker.flow.consumer import Consumer
+from worker.flow.pipeline import Pipeline
+from worker.flow.settle import SettlePaths
 from worker.metrics import Metrics
 
 
@@ -86,7 +87,9 @@ def _consumer(soketi: Soketi, dead: Exchange) -> Consumer:
         return None
 
     return Consumer(
-        deps=Deps(store=SlowFirstStore(), processed=Processed(), soketi=soketi, clock=lambda: 0),
+        pipeline=Pipeline(
+            store=SlowFirstStore(), processed=Processed(), soketi=soketi, clock=lambda: 0
+        ),
         paths=SettlePaths(dead=dead, retries=()),  # type: ignore[arg-type]  # in-memory stand-in
         metrics=Metrics.create(),
         circuits=Circuits(Circuit("soketi", healthy), Circuit("mongodb", healthy)),

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from handlers.model import Delivery
-from worker.history.recorder import (
+from worker.history.cursor import (
     CURSOR_DIGITS,
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -20,8 +20,8 @@ from worker.history.recorder import (
     parse_query,
     record_ids,
     stamped,
-    sweep_interval_s,
 )
+from worker.mongo.retention import interval_s as sweep_interval_s
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 OLD = NOW - timedelta(minutes=5)

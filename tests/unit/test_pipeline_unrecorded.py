@@ -11,7 +11,8 @@ import pytest
 from handlers.model import Account, Product
 from tests.unit.fakes import Processed, Soketi
 from worker.errors import StoreUnavailable
-from worker.flow.pipeline import Deps, Unrecorded, process
+from worker.flow.ids import Unrecorded
+from worker.flow.pipeline import Pipeline
 
 
 class Store:
@@ -40,16 +41,16 @@ BODY = orjson.dumps(
 async def test_record_failure_after_push_records_on_retry_without_pushing_again() -> None:
     """A retry after a failed record only records the id: Soketi sees the event once."""
     processed, soketi = Processed(), Soketi()
-    deps = Deps(store=Store(), processed=processed, soketi=soketi, clock=lambda: 0.0)
+    pipeline = Pipeline(store=Store(), processed=processed, soketi=soketi, clock=lambda: 0.0)
     processed.down = True
     with pytest.raises(StoreUnavailable):
-        await process(BODY, deps)
+        await pipeline.process(BODY)
     processed.down = False
-    result = await process(BODY, deps)
+    result = await pipeline.process(BODY)
     assert (result.outcome, result.deliveries, len(soketi.pushed)) == ("delivered", 1, 1)
     assert processed.ids == {"evt1"}
-    assert deps.unrecorded.get("evt1") is None
-    assert (await process(BODY, deps)).outcome == "duplicate"
+    assert pipeline.unrecorded.get("evt1") is None
+    assert (await pipeline.process(BODY)).outcome == "duplicate"
 
 
 def test_unrecorded_forgets_the_oldest_beyond_its_limit() -> None:

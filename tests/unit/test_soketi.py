@@ -18,7 +18,7 @@ from worker.errors import (
     RejectedBySoketi,
     SoketiUnavailable,
 )
-from worker.soketi.client import Credentials, Limits, classify_response, plan_requests, sign_request
+from worker.soketi.api import Credentials, Limits, classify_response, plan_requests, sign_request
 
 CREDS = Credentials(app_id="4242", key="app-key", secret="app-secret")
 

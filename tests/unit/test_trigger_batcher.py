@@ -8,8 +8,8 @@ from typing import Any
 
 from handlers.model import Delivery
 from worker.errors import RejectedBySoketi
-from worker.flow.batching import TriggerBatcher
-from worker.soketi.client import Limits
+from worker.soketi.api import Limits, Planned
+from worker.soketi.batcher import TriggerBatcher
 
 
 class Client:
@@ -21,6 +21,7 @@ class Client:
         self.started: list[list[str]] = []
         self.finish: list[asyncio.Event] = []
         self.refuse: set[str] = set()
+        self.planned: list[Planned] = []
 
     async def send_batch(self, entries: Sequence[Mapping[str, Any]]) -> None:
         self.started.append([str(e["data"]) for e in entries])
@@ -30,8 +31,8 @@ class Client:
         if self.refuse & {str(e["data"]) for e in entries}:
             raise RejectedBySoketi("Soketi answered 400: bad event")
 
-    async def deliver(self, *args: Any) -> int:  # only for oversized messages
-        raise AssertionError("not expected")
+    async def send(self, planned: Planned) -> None:  # only for oversized messages
+        self.planned.append(planned)
 
 
 def deliveries(channel: str, *labels: str) -> list[Delivery]:
@@ -190,3 +191,18 @@ async def test_a_call_full_of_events_leaves_without_lingering() -> None:
     await asyncio.gather(*tasks[:5])
     assert not tasks[5].done()
     tasks[5].cancel()
+
+
+async def test_a_message_over_ten_events_goes_out_in_its_own_planned_calls() -> None:
+    """Twelve deliveries of one message are planned into two calls of its own, sent in order,
+    and ``queued`` is called once Soketi has them (nothing can overtake them after that)."""
+    client = Client()
+    batcher = TriggerBatcher(client)  # type: ignore[arg-type]  # a fake with the same calls
+    queued = asyncio.Event()
+    many = [Delivery(f"private-user-u{i}", "new-order", {"n": i}) for i in range(12)]
+    calls = await batcher.deliver(many, None, queued.set)
+    assert calls == 2
+    assert [p.endpoint for p in client.planned] == ["batch_events", "batch_events"]
+    assert [p.triggers for p in client.planned] == [10, 2]
+    assert client.started == []  # never mixed into a shared call
+    assert queued.is_set()

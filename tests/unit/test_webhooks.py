@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from worker.mongo.gateway import PresenceState
+from worker.mongo.presence import PresenceState
 from worker.web.presence import (
     MAX_AGE_MS,
     Change,
+    PersonalAccount,
     Rejected,
     ReplayGuard,
-    Subject,
     Webhook,
     changes_of,
     drift,
@@ -127,9 +127,12 @@ def test_signed_but_malformed_bodies_are_invalid(body: bytes) -> None:
 @pytest.mark.parametrize(
     ("channel", "subject"),
     [
-        ("private-user-7", Subject("user", "7")),
-        ("private-user-65a1f0c2e4b0a1b2c3d4e5f6", Subject("user", "65a1f0c2e4b0a1b2c3d4e5f6")),
-        ("private-seller-s_1-x", Subject("seller", "s_1-x")),
+        ("private-user-7", PersonalAccount("user", "7")),
+        (
+            "private-user-65a1f0c2e4b0a1b2c3d4e5f6",
+            PersonalAccount("user", "65a1f0c2e4b0a1b2c3d4e5f6"),
+        ),
+        ("private-seller-s_1-x", PersonalAccount("seller", "s_1-x")),
         ("private-user-", None),
         ("private-user-7,private-admin", None),
         ("private-user-7 ", None),
@@ -143,7 +146,9 @@ def test_signed_but_malformed_bodies_are_invalid(body: bytes) -> None:
         ("private-users-7", None),
     ],
 )
-def test_personal_channels_are_parsed_exactly(channel: str, subject: Subject | None) -> None:
+def test_personal_channels_are_parsed_exactly(
+    channel: str, subject: PersonalAccount | None
+) -> None:
     """Only private-user-{id} and private-seller-{id} with a contract id are personal channels."""
     assert subject_of(channel) == subject
     if subject is not None:
@@ -162,8 +167,8 @@ def test_changes_keep_order_and_skip_other_events() -> None:
         ),
     )
     assert changes_of(webhook) == [
-        Change(Subject("user", "7"), True, AT),
-        Change(Subject("seller", "s1"), False, AT),
+        Change(PersonalAccount("user", "7"), True, AT),
+        Change(PersonalAccount("seller", "s1"), False, AT),
     ]
 
 
@@ -210,7 +215,7 @@ def test_drift(
 
 def test_event_ids_name_the_state_they_replace() -> None:
     """The same change from the same state has one id; another previous state gives another id."""
-    change = Change(Subject("seller", "s1"), False, AT)
+    change = Change(PersonalAccount("seller", "s1"), False, AT)
     previous = _state("seller:s1", True, 30)
     event = event_of(change, previous)
     assert event.type == "presence.offline"

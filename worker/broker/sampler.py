@@ -1,10 +1,9 @@
-"""Background samplers: the event loop's heartbeat and the depth of the worker's queues."""
+"""The depth of the worker's queues, sampled in the background (``queue_messages``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import structlog
 from aio_pika.abc import AbstractChannel
@@ -13,29 +12,6 @@ from worker.broker.topology import Topology, tier_label
 from worker.metrics import Metrics
 
 log = structlog.get_logger("fanout")
-
-
-class Heartbeat:
-    """Ticks on the event loop; a stale tick means the loop was blocked."""
-
-    def __init__(self, metrics: Metrics, interval_s: float = 0.5) -> None:
-        self._metrics = metrics
-        self._interval_s = interval_s
-        self._last = time.monotonic()
-
-    @property
-    def silence_s(self) -> float:
-        """Seconds since the last tick."""
-        return time.monotonic() - self._last
-
-    async def run(self) -> None:
-        """Tick forever, recording how late each tick was."""
-        while True:
-            expected = time.monotonic() + self._interval_s
-            await asyncio.sleep(self._interval_s)
-            now = time.monotonic()
-            self._metrics.loop_lag_seconds.set(max(now - expected, 0.0))
-            self._last = now
 
 
 def queue_labels(topology: Topology) -> dict[str, str]:

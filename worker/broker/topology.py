@@ -30,29 +30,19 @@ stays a plain competing-consumers queue for events without a lane and returning 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractQueue,
-    DeliveryMode,
     ExchangeType,
 )
 
 from worker.errors import Misconfigured
 from worker.events import LANE
-
-REASON = "fanout-reason"
-ERROR = "fanout-error"
-ATTEMPTS = "fanout-attempts"
-FIRST_FAILED_AT = "fanout-first-failed-at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,91 +221,3 @@ def tier_label(delay_s: float) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def dead_letter_headers(
-    original: Mapping[str, Any],
-    *,
-    reason: str,
-    error: str,
-    attempts: int,
-    first_failed_at: datetime | None = None,
-) -> dict[str, Any]:
-    """The original headers plus the contract's ``fanout-*`` dead-letter headers."""
-    first = original.get(FIRST_FAILED_AT)
-    if not isinstance(first, str):
-        first = (first_failed_at or datetime.now(UTC)).isoformat(timespec="milliseconds")
-    return {
-        **original,
-        REASON: reason,
-        ERROR: error,
-        ATTEMPTS: attempts,
-        FIRST_FAILED_AT: first,
-    }
-
-
-def attempts_of(message: AbstractIncomingMessage) -> int:
-    """How many times this message has been tried before (our own header, not ``x-death``)."""
-    value = (message.headers or {}).get(ATTEMPTS, 0)
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
-def copy_of(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> aio_pika.Message:
-    """A persistent copy of ``message`` (body, ids, type) with ``headers``."""
-    return aio_pika.Message(
-        body=message.body,
-        headers=dict(headers),
-        content_type=message.content_type or "application/json",
-        content_encoding=message.content_encoding,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-        delivery_mode=DeliveryMode.PERSISTENT,
-    )
-
-
-async def schedule_retry(
-    exchange: AbstractExchange,
-    message: AbstractIncomingMessage,
-    *,
-    attempts: int,
-    first_failed_at: datetime,
-    error: str,
-) -> None:
-    """Publish ``message`` (confirmed) to a delay tier with its attempt count; do not settle it."""
-    headers = dict(message.headers or {})
-    headers.setdefault(FIRST_FAILED_AT, first_failed_at.isoformat(timespec="milliseconds"))
-    headers[ATTEMPTS] = attempts
-    headers[ERROR] = error
-    await exchange.publish(copy_of(message, headers), routing_key=message.routing_key or "")
-
-
-def first_failed_at(message: AbstractIncomingMessage) -> datetime | None:
-    """When this message first failed, from our header, if it has failed before."""
-    value = (message.headers or {}).get(FIRST_FAILED_AT)
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-async def dead_letter(
-    exchange: AbstractExchange,
-    message: AbstractIncomingMessage,
-    *,
-    reason: str,
-    error: str,
-    attempts: int,
-) -> None:
-    """Publish ``message`` to the dead-letter path (confirmed) with its reason; do not settle it."""
-    headers = dead_letter_headers(
-        dict(message.headers or {}), reason=reason, error=error, attempts=attempts
-    )
-    await exchange.publish(copy_of(message, headers), routing_key=message.routing_key or "")

@@ -126,3 +126,38 @@ class Answer(Generic[K, V]):
 def _retrieved(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+class BatchedInsert:
+    """Documents from concurrent callers written by one ``insert_many`` (keyed by ``_id``).
+
+    ``insert(docs)`` stages its documents and joins the next bulk call (after ``linger_s``
+    when set); it answers the ``_id``s the store refused as duplicates.
+    """
+
+    def __init__(
+        self,
+        insert_many: Callable[[list[dict[str, Any]]], Awaitable[set[str]]],
+        *,
+        linger_s: float = 0.0,
+    ) -> None:
+        self._insert_many = insert_many
+        # The documents waiting for the next bulk call, by id (a Coalescer passes only keys).
+        self._staged: dict[str, dict[str, Any]] = {}
+        self._written: Coalescer[str, bool] = Coalescer(self._bulk, linger_s=linger_s)
+
+    async def insert(self, docs: Collection[dict[str, Any]]) -> set[str]:
+        """Insert ``docs`` with other callers'; return the ids refused as duplicates."""
+        ids = [str(doc["_id"]) for doc in docs]
+        self._staged.update(zip(ids, docs, strict=True))
+        try:
+            written = await self._written.get(ids)
+        finally:
+            for key in ids:
+                self._staged.pop(key, None)
+        return {key for key in ids if not written.get(key)}
+
+    async def _bulk(self, ids: list[str]) -> Mapping[str, bool]:
+        docs = [self._staged[key] for key in ids if key in self._staged]
+        refused = await self._insert_many(docs)
+        return {str(doc["_id"]): str(doc["_id"]) not in refused for doc in docs}

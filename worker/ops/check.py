@@ -14,7 +14,8 @@ from worker.broker.connections import connect
 from worker.config import Settings
 from worker.errors import FanoutError
 from worker.retry import RetryPolicy
-from worker.soketi.client import Credentials, Limits, SoketiClient
+from worker.soketi.api import Credentials, Limits
+from worker.soketi.client import SoketiClient
 
 _ONCE = RetryPolicy(attempts=1, total_s=10, initial_s=0, max_wait_s=0)
 

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-import worker.broker.topology as broker
+import worker.broker.messages as broker
 from worker.broker.connections import connect
 from worker.config import BrokerSettings
 

@@ -1,186 +1,22 @@
 """The only module that talks to Soketi: signed Pusher HTTP API calls over one shared session.
 
-Request building (``plan_requests``) and signing (``sign_request``) are pure and tested with
-fixed vectors; ``SoketiClient`` sends them. The ``pusher`` package's signing primitive is
-used, but not its client: its size checks measure ``sys.getsizeof`` (which rejects a Hindi
-chat message far below Soketi's limit) and its aiohttp backend opens a session per request.
+Requests are built and signed by ``worker.soketi.api``; deliveries reach this client only
+through ``worker.soketi.batcher.TriggerBatcher``, the one way the worker triggers events.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import orjson
-from pusher.signature import sign as pusher_sign
 
-from handlers.model import Delivery
-from worker.errors import (
-    Misconfigured,
-    PayloadTooLarge,
-    RejectedBySoketi,
-    SoketiUnavailable,
-)
+from worker.errors import SoketiUnavailable
 from worker.retry import RetryPolicy, call_with_retries
-
-_T = TypeVar("_T")
-
-MAX_CHANNELS_PER_EVENT = 100
-MAX_EVENTS_PER_BATCH = 10
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """A Pusher app's id, key and secret; the secret never appears in a repr."""
-
-    app_id: str
-    key: str
-    secret: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ApiRequest:
-    """A signed Pusher HTTP API request, ready to send."""
-
-    method: str
-    path: str
-    query: str
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Soketi's per-event limits (its defaults: 100 KB, 100 channels, batches of 10)."""
-
-    max_payload_bytes: int = 100 * 1024
-    max_channels: int = MAX_CHANNELS_PER_EVENT
-    max_batch: int = MAX_EVENTS_PER_BATCH
-
-
-def sign_request(
-    creds: Credentials,
-    method: str,
-    path: str,
-    body: bytes,
-    *,
-    timestamp: int,
-    params: Mapping[str, str] | None = None,
-) -> ApiRequest:
-    """Sign a request the way the Pusher HTTP API (and Soketi) verifies it."""
-    query = dict(params or {})
-    query.update(
-        auth_key=creds.key,
-        auth_timestamp=str(timestamp),
-        auth_version="1.0",
-        body_md5=hashlib.md5(body).hexdigest(),  # the protocol mandates MD5
-    )
-    ordered = "&".join(f"{k}={v}" for k, v in sorted(query.items()))
-    signature = pusher_sign(creds.secret, f"{method}\n{path}\n{ordered}")
-    return ApiRequest(method, path, f"{ordered}&auth_signature={signature}", body)
-
-
-def encode_payload(payload: Mapping[str, Any], limits: Limits) -> str:
-    """Serialise a payload to the JSON string Pusher carries, refusing one Soketi would refuse."""
-    data = orjson.dumps(payload)
-    if len(data) > limits.max_payload_bytes:
-        raise PayloadTooLarge(
-            f"payload of {len(data)} bytes exceeds the {limits.max_payload_bytes}-byte limit"
-        )
-    return data.decode()
-
-
-@dataclass(frozen=True, slots=True)
-class Planned:
-    """One API call: endpoint (``events`` or ``batch_events``), body, and Pusher events carried."""
-
-    endpoint: str
-    body: bytes
-    triggers: int
-
-
-def plan_requests(
-    deliveries: Sequence[Delivery], socket_id: str | None, limits: Limits
-) -> list[Planned]:
-    """Turn one event's deliveries into API calls.
-
-    Deliveries that share an event name and payload become one ``events`` call per 100
-    channels; the rest go out as ``batch_events`` calls of at most ``max_batch`` entries.
-    """
-    groups: dict[tuple[str, str], list[str]] = {}
-    for delivery in deliveries:
-        data = encode_payload(delivery.payload, limits)
-        channels = groups.setdefault((delivery.event, data), [])
-        if delivery.channel not in channels:
-            channels.append(delivery.channel)
-    extra = {"socket_id": socket_id} if socket_id else {}
-    requests: list[Planned] = []
-    singles: list[dict[str, Any]] = []
-    for (event, data), channels in groups.items():
-        if len(channels) == 1:
-            singles.append({"channel": channels[0], "name": event, "data": data, **extra})
-            continue
-        for chunk in _chunks(channels, limits.max_channels):
-            body = {"name": event, "channels": chunk, "data": data, **extra}
-            requests.append(Planned("events", orjson.dumps(body), len(chunk)))
-    if len(singles) == 1:
-        only = singles[0]
-        body = {"name": only["name"], "channels": [only["channel"]], "data": only["data"], **extra}
-        requests.append(Planned("events", orjson.dumps(body), 1))
-    else:
-        for batch in _chunks(singles, limits.max_batch):
-            requests.append(Planned("batch_events", orjson.dumps({"batch": batch}), len(batch)))
-    return requests
-
-
-def batch_entries(
-    deliveries: Sequence[Delivery], socket_id: str | None, limits: Limits
-) -> list[dict[str, Any]]:
-    """One ``batch_events`` entry per delivery, each payload size-checked."""
-    extra = {"socket_id": socket_id} if socket_id else {}
-    return [
-        {"channel": d.channel, "name": d.event, "data": encode_payload(d.payload, limits), **extra}
-        for d in deliveries
-    ]
-
-
-def _chunks(items: Sequence[_T], size: int) -> Iterator[list[_T]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
-def classify_response(status: int, body: bytes) -> None:
-    """Raise the error a Soketi answer means; return quietly when it accepted the call.
-
-    Soketi answers many errors with HTTP 200 and ``{"error": ..., "code": ...}``, so the
-    body decides, not the status alone.
-    """
-    code = status
-    detail = ""
-    try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict) and "error" in parsed:
-        reported = parsed.get("code")
-        code = reported if isinstance(reported, int) else max(status, 400)
-        detail = str(parsed["error"])
-    elif status < 300:
-        return
-    else:
-        detail = body[:200].decode("utf-8", "replace")
-    message = f"Soketi answered {code}: {detail}".strip()
-    if code in (401, 403):
-        raise Misconfigured(f"{message} (check SOKETI_APP_ID/KEY/SECRET)")
-    if code == 413:
-        raise PayloadTooLarge(message)
-    if code == 429 or code >= 500:
-        raise SoketiUnavailable(message)
-    raise RejectedBySoketi(message)
+from worker.soketi.api import Credentials, Limits, Planned, classify_response, sign_request
 
 
 class SoketiClient:
@@ -214,32 +50,17 @@ class SoketiClient:
         """The size limits this client enforces before sending."""
         return self._limits
 
-    async def deliver(
-        self,
-        deliveries: Sequence[Delivery],
-        socket_id: str | None = None,
-        queued: Callable[[], None] | None = None,
-    ) -> int:
-        """Trigger every delivery of one event; return how many API calls it took.
-
-        ``queued`` is called once later deliveries can no longer overtake these: here, when
-        Soketi has accepted them.
-        """
-        requests = plan_requests(deliveries, socket_id, self._limits)
-        for planned in requests:
-            await self.call("POST", f"/apps/{self._creds.app_id}/{planned.endpoint}", planned.body)
-            if self._on_request is not None:
-                self._on_request(planned.triggers)
-        if queued is not None:
-            queued()
-        return len(requests)
+    async def send(self, planned: Planned) -> None:
+        """Make one planned trigger call (``events`` or ``batch_events``)."""
+        await self.call("POST", f"/apps/{self._creds.app_id}/{planned.endpoint}", planned.body)
+        if self._on_request is not None:
+            self._on_request(planned.triggers)
 
     async def send_batch(self, entries: Sequence[Mapping[str, Any]]) -> None:
         """Trigger up to ``max_batch`` prepared entries in one ``batch_events`` call."""
-        body = orjson.dumps({"batch": list(entries)})
-        await self.call("POST", f"/apps/{self._creds.app_id}/batch_events", body)
-        if self._on_request is not None:
-            self._on_request(len(entries))
+        await self.send(
+            Planned("batch_events", orjson.dumps({"batch": list(entries)}), len(entries))
+        )
 
     async def ping(self) -> None:
         """Make one signed read-only call (the channels list) to prove Soketi accepts us."""

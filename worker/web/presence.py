@@ -20,24 +20,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import re
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import orjson
 import structlog
 from aiohttp import web
 
+from handlers.channels import parse_channel
 from schemas import Event
-from schemas.base import ID_PATTERN
 from worker.events import message_of, parse
-from worker.mongo.gateway import PresenceState, PresenceStore
-
-if TYPE_CHECKING:
-    from worker.web import BrowserContext, Task
+from worker.mongo.presence import PresenceState
+from worker.web.context import WebContext
 
 log = structlog.get_logger("fanout")
 
@@ -49,13 +46,11 @@ VACATED = "channel_vacated"
 PREFIXES = ("private-user-", "private-seller-")
 
 AccountType = Literal["user", "seller"]
-Outcome = Literal["accepted", "forged", "stale", "invalid"]
-
-_PERSONAL = re.compile(r"^private-(user|seller)-(" + ID_PATTERN.strip("^$") + r")$")
+WebhookOutcome = Literal["accepted", "forged", "stale", "invalid"]
 
 
 @dataclass(frozen=True, slots=True)
-class Subject:
+class PersonalAccount:
     """An account with a personal channel."""
 
     type: AccountType
@@ -67,17 +62,17 @@ class Subject:
         return f"{self.type}:{self.id}"
 
 
-def subject_of(channel: str) -> Subject | None:
+def subject_of(channel: str) -> PersonalAccount | None:
     """The account whose personal channel ``channel`` is, by exact name; else ``None``."""
-    found = _PERSONAL.fullmatch(channel)
-    if found is None:
+    ref = parse_channel(channel)
+    if ref is None or ref.kind not in ("user", "seller"):
         return None
-    kind: AccountType = "user" if found.group(1) == "user" else "seller"
-    return Subject(kind, found.group(2))
+    kind: AccountType = "user" if ref.kind == "user" else "seller"
+    return PersonalAccount(kind, ref.id)
 
 
-def subject_of_key(key: str) -> Subject | None:
-    """The inverse of ``Subject.key``; ``None`` for anything else."""
+def subject_of_key(key: str) -> PersonalAccount | None:
+    """The inverse of ``PersonalAccount.key``; ``None`` for anything else."""
     kind, _, account_id = key.partition(":")
     if kind not in ("user", "seller"):
         return None
@@ -88,7 +83,7 @@ def subject_of_key(key: str) -> Subject | None:
 class Change:
     """An account going online or offline at ``at``."""
 
-    subject: Subject
+    subject: PersonalAccount
     online: bool
     at: datetime
 
@@ -104,9 +99,9 @@ class Webhook:
 class Rejected(Exception):
     """A webhook refused with ``status``; ``outcome`` is its metric label."""
 
-    def __init__(self, outcome: Outcome, status: int, message: str) -> None:
+    def __init__(self, outcome: WebhookOutcome, status: int, message: str) -> None:
         super().__init__(message)
-        self.outcome: Outcome = outcome
+        self.outcome: WebhookOutcome = outcome
         self.status = status
 
 
@@ -229,9 +224,9 @@ class ReplayGuard:
 class Presence:
     """Applies presence changes: store, publish, and keep ``accounts_online`` current."""
 
-    def __init__(self, ctx: BrowserContext, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ctx: WebContext, clock: Callable[[], float] = time.time) -> None:
         self._ctx = ctx
-        self._store = PresenceStore(ctx.gateway)
+        self._store = ctx.presence
         self._clock = clock
         self._replays = ReplayGuard()
 
@@ -314,13 +309,3 @@ class Presence:
 
     async def _count(self) -> None:
         self._ctx.metrics.accounts_online.set(await self._store.count_online())
-
-
-def routes(ctx: BrowserContext) -> list[web.RouteDef]:
-    """The webhook endpoint."""
-    return [web.post(WEBHOOK_PATH, Presence(ctx).webhook)]
-
-
-def tasks(ctx: BrowserContext) -> list[Task]:
-    """The reconciliation loop, unless ``presence_reconcile_s`` is 0."""
-    return [Presence(ctx).reconcile_forever] if ctx.settings.presence_reconcile_s > 0 else []

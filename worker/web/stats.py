@@ -12,17 +12,14 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from handlers.channels import PRIVATE_ADMIN
 from handlers.model import Delivery
 from worker.metrics import PREFIX, Metrics
-from worker.mongo.gateway import PresenceStore
-
-if TYPE_CHECKING:
-    from worker.web import BrowserContext, Task
+from worker.web.context import WebContext
 
 log = structlog.get_logger("fanout")
 
@@ -68,9 +65,9 @@ def dlq_depth(metrics: Metrics) -> int | None:
 class Stats:
     """Builds and sends ``stats-update``."""
 
-    def __init__(self, ctx: BrowserContext, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ctx: WebContext, clock: Callable[[], float] = time.time) -> None:
         self._ctx = ctx
-        self._store = PresenceStore(ctx.gateway)
+        self._store = ctx.presence
         self._clock = clock
         self._rates = EventRates(clock())
 
@@ -89,7 +86,7 @@ class Stats:
 
     async def send(self) -> None:
         """Send one ``stats-update`` to the admins."""
-        await self._ctx.soketi.deliver([Delivery(PRIVATE_ADMIN, EVENT, await self.payload())])
+        await self._ctx.deliverer.deliver([Delivery(PRIVATE_ADMIN, EVENT, await self.payload())])
 
     async def send_forever(self) -> None:
         """Send every ``stats_interval_s``; failures are logged, never fatal."""
@@ -99,8 +96,3 @@ class Stats:
                 await self.send()
             except Exception as error:  # a background loop must outlive outages
                 log.warning("fanout.stats_failed", error=f"{type(error).__name__}: {error}")
-
-
-def tasks(ctx: BrowserContext) -> list[Task]:
-    """The stats loop, unless ``stats_interval_s`` is 0."""
-    return [Stats(ctx).send_forever] if ctx.settings.stats_interval_s > 0 else []

@@ -7,23 +7,20 @@
                load_facts(parse_channel(name), AccessStore) -> Facts            (MongoDB)
     endpoints  POST /pusher/auth, POST /pusher/user-auth; ChannelGuard for reuse
 
-``routes(ctx)`` is the plug-in for ``worker.browser``.
+``guard(ctx)`` is built once and shared (the history endpoint reads with it);
+``routes(ctx, guard)`` are the two sign-in endpoints.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import structlog
 from aiohttp import web
 
-from worker.mongo.gateway import AccessStore
+from handlers.channels import parse_channel
 from worker.web.auth.endpoints import ChannelGuard, Verdict, build
-from worker.web.auth.policy import Decision, Facts, OrderParties, decide, load_facts, parse_channel
+from worker.web.auth.policy import Decision, Facts, OrderParties, decide, load_facts
 from worker.web.auth.tokens import Subject, Unauthenticated, verify_token
-
-if TYPE_CHECKING:
-    from worker.web import BrowserContext
+from worker.web.context import WebContext
 
 log = structlog.get_logger("fanout")
 
@@ -49,22 +46,22 @@ __all__ = [
 MIN_SECRET_BYTES = 32
 
 
-def jwt_secret(ctx: BrowserContext) -> str | None:
+def jwt_secret(ctx: WebContext) -> str | None:
     """``AUTH_JWT_SECRET``, or ``None`` when unset or empty (an empty key would sign anything)."""
     secret = ctx.settings.auth_jwt_secret
     value = "" if secret is None else secret.get_secret_value()
     return value or None
 
 
-def guard(ctx: BrowserContext) -> ChannelGuard | None:
+def guard(ctx: WebContext) -> ChannelGuard | None:
     """A guard for other endpoints (history), or ``None`` when AUTH_JWT_SECRET is not set."""
     secret = jwt_secret(ctx)
     if secret is None:
         return None
-    return ChannelGuard(secret, ctx.settings.auth_cookie_name, AccessStore(ctx.gateway))
+    return ChannelGuard(secret, ctx.settings.auth_cookie_name, ctx.access)
 
 
-def routes(ctx: BrowserContext) -> list[web.RouteDef]:
+def routes(ctx: WebContext, channel_guard: ChannelGuard | None) -> list[web.RouteDef]:
     """``POST /pusher/auth`` and ``POST /pusher/user-auth``."""
     settings = ctx.settings
     secret = jwt_secret(ctx)
@@ -73,9 +70,7 @@ def routes(ctx: BrowserContext) -> list[web.RouteDef]:
     elif len(secret.encode()) < MIN_SECRET_BYTES:
         log.warning("auth.weak_secret", detail=f"AUTH_JWT_SECRET is under {MIN_SECRET_BYTES} bytes")
     endpoints = build(
-        secret=secret,
-        cookie_name=settings.auth_cookie_name,
-        lookups=AccessStore(ctx.gateway),
+        guard=channel_guard,
         app_id=settings.soketi_app_id,
         key=settings.soketi_app_key,
         soketi_secret=settings.soketi_app_secret.get_secret_value(),

@@ -24,10 +24,11 @@ import structlog
 from aiohttp import web
 from pusher.authentication_client import AuthenticationClient
 
+from handlers.channels import parse_channel
 from schemas.base import SOCKET_ID_PATTERN
 from worker.errors import StoreUnavailable
 from worker.metrics import Metrics
-from worker.web.auth.policy import AccessLookups, decide, load_facts, parse_channel
+from worker.web.auth.policy import AccessLookups, decide, load_facts
 from worker.web.auth.tokens import Subject, Unauthenticated, verify_token
 
 log = structlog.get_logger("fanout")
@@ -232,15 +233,12 @@ def _socket_id(fields: Mapping[str, str]) -> str:
 
 def build(
     *,
-    secret: str | None,
-    cookie_name: str | None,
-    lookups: AccessLookups,
+    guard: ChannelGuard | None,
     app_id: str,
     key: str,
     soketi_secret: str,
     metrics: Metrics,
 ) -> AuthEndpoints:
-    """The endpoints for one process; ``secret=None`` leaves them answering 503."""
-    guard = None if secret is None else ChannelGuard(secret, cookie_name, lookups)
+    """The endpoints for one process; ``guard=None`` (no secret) leaves them answering 503."""
     signer = AuthenticationClient(app_id, key, soketi_secret)
     return AuthEndpoints(guard=guard, signer=signer, metrics=metrics)

@@ -1,6 +1,6 @@
 """Who may subscribe to which channel (contract section 5): exact names, a pure decision.
 
-``parse_channel`` reads a name into a :class:`ChannelRef` or refuses it; ``load_facts``
+``parse_channel`` (``handlers.channels``) reads a name or refuses it; ``load_facts``
 awaits the few MongoDB facts a name needs (a conversation's members, an order's parties);
 ``decide`` has no ``await``, no clock and no globals, and is tested with tables of cases.
 
@@ -20,34 +20,12 @@ anything else                  refused
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol
+from typing import Protocol
 
-from schemas.base import ID_PATTERN
+from handlers.channels import PUBLIC, ChannelRef, parse_channel
 from worker.web.auth.tokens import Subject
-
-Kind = Literal["user", "seller", "admin", "chat", "order"]
-
-_ID_BODY: Final = ID_PATTERN.removeprefix("^").removesuffix("$")
-# One exact shape per kind; ``fullmatch`` means nothing may precede or follow the id.
-_PATTERNS: Final[tuple[tuple[Kind, re.Pattern[str]], ...]] = (
-    ("user", re.compile(rf"private-user-({_ID_BODY})", re.ASCII)),
-    ("seller", re.compile(rf"private-seller-({_ID_BODY})", re.ASCII)),
-    ("chat", re.compile(rf"private-chat-({_ID_BODY})", re.ASCII)),
-    ("order", re.compile(rf"private-order-({_ID_BODY})", re.ASCII)),
-)
-_ADMIN: Final = "private-admin"
-_PUBLIC: Final = "public"
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelRef:
-    """A channel name read exactly: its kind and the id it carries (``""`` for admin)."""
-
-    kind: Kind
-    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +60,6 @@ class AccessLookups(Protocol):
     async def order_parties(self, order_id: str) -> tuple[str | None, frozenset[str]] | None: ...
 
 
-def parse_channel(name: str) -> ChannelRef | None:
-    """The exact reading of ``name``, or ``None`` when it is no channel we authorize."""
-    if name == _ADMIN:
-        return ChannelRef("admin", "")
-    for kind, pattern in _PATTERNS:
-        match = pattern.fullmatch(name)
-        if match is not None:
-            return ChannelRef(kind, match.group(1))
-    return None
-
-
 async def load_facts(ref: ChannelRef | None, lookups: AccessLookups) -> Facts:
     """Read only what ``ref`` needs: a conversation's members or an order's parties."""
     if ref is None:
@@ -111,7 +78,7 @@ async def load_facts(ref: ChannelRef | None, lookups: AccessLookups) -> Facts:
 
 def decide(subject: Subject, channel: str, facts: Facts) -> Decision:
     """Whether ``subject`` may subscribe to ``channel``, given ``facts`` from MongoDB."""
-    if channel == _PUBLIC:
+    if channel == PUBLIC:
         return Decision(False, "public_channel_needs_no_auth")
     ref = parse_channel(channel)
     if ref is None:

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -41,9 +41,7 @@ from worker.metrics import PREFIX, Metrics
 from worker.ops import dlq
 from worker.ops.publish import UsageError, complete, validate
 from worker.web import auth
-
-if TYPE_CHECKING:
-    from worker.web import BrowserContext, Task
+from worker.web.context import Task, WebContext
 
 log = structlog.get_logger("fanout")
 
@@ -220,7 +218,7 @@ def selection_of(body: Mapping[str, Any]) -> dlq.Selection:
 class Console:
     """The console's handlers for one worker process."""
 
-    def __init__(self, ctx: BrowserContext, sampler: Sampler) -> None:
+    def __init__(self, ctx: WebContext, sampler: Sampler) -> None:
         self._ctx = ctx
         self._sampler = sampler
         self._secret = auth.jwt_secret(ctx)
@@ -414,7 +412,7 @@ def _page_headers(html: str) -> dict[str, str]:
     return _NO_STORE | {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff"}
 
 
-def setup(ctx: BrowserContext) -> tuple[list[web.RouteDef], list[Task]]:
+def setup(ctx: WebContext) -> tuple[list[web.RouteDef], list[Task]]:
     """The console's routes and its metrics sampler."""
     sampler = Sampler(ctx.metrics)
     console = Console(ctx, sampler)

@@ -1,13 +1,12 @@
-"""Batching across messages: MongoDB lookups, the duplicate check and Soketi triggers.
+"""Trigger batching: the deliveries of concurrently processed messages share Soketi calls.
 
-Each message is still processed on its own (parse, load, decide, deliver, record), but the
-I/O of concurrently processed messages is merged: ids into one ``$in`` query per collection,
-processed-id checks and records into one query and one ``insert_many``, and deliveries
-into ``batch_events`` calls of up to ten Pusher events. A message's deliveries always
-travel in one call when they fit, so a failed call never leaves a message half-delivered.
-An ordered channel (a conversation's) is never carried by two calls at once, and its
-deliveries go out in the order they were handed over, so many calls in flight never reorder
-a chat; messages on other channels go past one that waits.
+Deliveries go out in ``batch_events`` calls of up to ten Pusher events. A message's
+deliveries always travel in one call when they fit, so a failed call never leaves a message
+half-delivered; one with more than ten goes out on its own, planned by
+``worker.soketi.api.plan_requests``. An ordered channel (``handlers.ordering``) is never
+carried by two calls at once, and its deliveries go out in the order they were handed
+over, so many calls in flight never reorder a conversation; messages on other channels go
+past one that waits. This is the only way the worker triggers events.
 """
 
 from __future__ import annotations
@@ -15,88 +14,15 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.channels import is_chat
-from handlers.model import Account, Delivery, Product, Store
+from handlers.model import Delivery
+from handlers.ordering import is_ordered_channel
 from worker.errors import PermanentError
-from worker.mongo.coalesce import Answer, Coalescer
-from worker.mongo.gateway import ProcessedLog
-from worker.soketi.client import SoketiClient, batch_entries
-
-
-class BatchingStore:
-    """A ``Store`` whose lookups from concurrent messages share bulk queries."""
-
-    def __init__(self, store: Store) -> None:
-        self._users: Coalescer[str, Account] = Coalescer(_bulk(store.users))
-        self._shops: Coalescer[str, Account] = Coalescer(_bulk(store.shops))
-        self._products: Coalescer[str, Product] = Coalescer(_bulk(store.products))
-
-    def users(self, ids: Collection[str]) -> Answer[str, Account]:
-        """Users by id; the query is joined at once."""
-        return self._users.ask(ids)
-
-    def shops(self, ids: Collection[str]) -> Answer[str, Account]:
-        """Shops by id; the query is joined at once."""
-        return self._shops.ask(ids)
-
-    def products(self, ids: Collection[str]) -> Answer[str, Product]:
-        """Products by id; the query is joined at once."""
-        return self._products.ask(ids)
-
-
-def _bulk(lookup: Any) -> Any:
-    async def bulk(ids: list[str]) -> Mapping[str, Any]:
-        found: Mapping[str, Any] = await lookup(ids)
-        return found
-
-    return bulk
-
-
-#: How long a processed-id record waits for others to share its ``insert_many``.
-RECORD_LINGER_S = 0.01
-
-
-class BatchingProcessedIds:
-    """The processed-id log with checks and records of concurrent messages merged."""
-
-    def __init__(self, log: ProcessedLog) -> None:
-        self._log = log
-        self._seen: Coalescer[str, bool] = Coalescer(self._bulk_seen)
-        # Recording comes after Soketi has the event, off the path of its latency: it waits a
-        # little for company, so one insert_many carries many messages even at a low rate.
-        self._record: Coalescer[str, bool] = Coalescer(self._bulk_record, linger_s=RECORD_LINGER_S)
-
-    def seen(self, ids: Collection[str]) -> Awaitable[set[str]]:
-        """The subset of ``ids`` already recorded; the check joins the next query at once."""
-        return _Ids(self._seen.ask(ids))
-
-    async def record(self, ids: Collection[str]) -> None:
-        """Record ``ids`` as pushed (one ``insert_many`` for many messages)."""
-        await self._record.get(ids)
-
-    async def _bulk_seen(self, ids: list[str]) -> Mapping[str, bool]:
-        return dict.fromkeys(await self._log.seen(ids), True)
-
-    async def _bulk_record(self, ids: list[str]) -> Mapping[str, bool]:
-        await self._log.record(ids)
-        return {}
-
-
-class _Ids:
-    """The keys of an ``Answer``, as a set, when awaited (nothing runs before)."""
-
-    __slots__ = ("_answer",)
-
-    def __init__(self, answer: Answer[str, bool]) -> None:
-        self._answer = answer
-
-    def __await__(self) -> Generator[Any, None, set[str]]:
-        found = yield from self._answer.__await__()
-        return set(found)
+from worker.soketi.api import Limits, batch_entries, plan_requests
+from worker.soketi.client import SoketiClient
 
 
 @dataclass(slots=True)
@@ -129,7 +55,7 @@ class TriggerBatcher:
         *,
         linger_s: float = 0.002,
         max_in_flight: int = 16,
-        ordered: Callable[[str], bool] = is_chat,
+        ordered: Callable[[str], bool] = is_ordered_channel,
     ) -> None:
         self._client = client
         self._max_batch = client.limits.max_batch
@@ -143,7 +69,7 @@ class TriggerBatcher:
         self._busy: set[str] = set()
 
     @property
-    def limits(self) -> Any:
+    def limits(self) -> Limits:
         """The size limits of the underlying client."""
         return self._client.limits
 
@@ -160,7 +86,7 @@ class TriggerBatcher:
         """
         entries = batch_entries(deliveries, socket_id, self._client.limits)
         if len(entries) > self._max_batch:
-            return await self._client.deliver(deliveries, socket_id, queued)
+            return await self._deliver_alone(deliveries, socket_id, queued)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         ordered = frozenset(c for e in entries if self._ordered(c := str(e["channel"])))
@@ -170,6 +96,20 @@ class TriggerBatcher:
         self._pump()
         await future
         return 1
+
+    async def _deliver_alone(
+        self,
+        deliveries: Sequence[Delivery],
+        socket_id: str | None,
+        queued: Callable[[], None] | None,
+    ) -> int:
+        """A message too big for one call: its own calls, in order; return how many."""
+        planned = plan_requests(deliveries, socket_id, self._client.limits)
+        for call in planned:
+            await self._client.send(call)
+        if queued is not None:  # accepted by Soketi: nothing later can overtake it now
+            queued()
+        return len(planned)
 
     def _pump(self) -> None:
         """Start every call that may start now; arm the linger timer for what stays."""
