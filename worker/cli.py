@@ -160,7 +160,6 @@ def _dlq_show(args: argparse.Namespace) -> int:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    import structlog
 
     from worker.ops import dlq
 
@@ -182,16 +181,13 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"would replay {outcome.selected} message(s) from {settings.dlq_name}")
         return 0
-    structlog.get_logger("fanout").info(
+    _log_dlq_action(
         "fanout.dlq_replayed",
-        operator=dlq.operator(),
-        queue=settings.dlq_name,
+        settings,
+        selection,
         selected=outcome.selected,
         replayed=outcome.done,
         failed=len(outcome.failed),
-        reason=selection.reason,
-        event_type=selection.event_type,
-        ids=list(selection.ids),
     )
     print(f"replayed {outcome.done} of {outcome.selected} message(s)")
     for failed in outcome.failed:
@@ -199,8 +195,26 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     return 0 if not outcome.failed else 1
 
 
-def _dlq_purge(args: argparse.Namespace) -> int:
+def _log_dlq_action(
+    event: str, settings: config.BrokerSettings, selection: Any, **counts: int
+) -> None:
+    """One audit line for an operator's DLQ action: who, which queue, what was selected."""
     import structlog
+
+    from worker.ops import dlq
+
+    structlog.get_logger("fanout").info(
+        event,
+        operator=dlq.operator(),
+        queue=settings.dlq_name,
+        reason=selection.reason,
+        event_type=selection.event_type,
+        ids=list(selection.ids),
+        **counts,
+    )
+
+
+def _dlq_purge(args: argparse.Namespace) -> int:
 
     from worker.ops import dlq
 
@@ -216,15 +230,7 @@ def _dlq_purge(args: argparse.Namespace) -> int:
         )
         return 0
     logs.configure("console", "info")
-    structlog.get_logger("fanout").info(
-        "fanout.dlq_purged",
-        operator=dlq.operator(),
-        queue=settings.dlq_name,
-        deleted=outcome.done,
-        reason=selection.reason,
-        event_type=selection.event_type,
-        ids=list(selection.ids),
-    )
+    _log_dlq_action("fanout.dlq_purged", settings, selection, deleted=outcome.done)
     print(f"deleted {outcome.done} message(s)")
     return 0
 

@@ -32,7 +32,6 @@ from worker.mongo.lookups import MongoStore
 from worker.mongo.presence import PresenceStore
 from worker.mongo.processed import ProcessedLog
 from worker.retry import RetryPolicy
-from worker.soketi.api import Credentials, Limits
 from worker.soketi.batcher import TriggerBatcher
 from worker.soketi.client import SoketiClient
 
@@ -93,15 +92,9 @@ async def open_soketi(
         # aiohttp the bookkeeping of a connection that is gone (~12% CPU per call).
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64, force_close=True))
     )
-    client = SoketiClient(
-        Credentials(
-            settings.soketi_app_id,
-            settings.soketi_app_key,
-            settings.soketi_app_secret.get_secret_value(),
-        ),
-        settings.soketi_url,
+    client = SoketiClient.from_settings(
+        settings,
         session,
-        limits=Limits(max_payload_bytes=settings.max_payload_kb * 1024),
         retry=retry,
         timeout_s=settings.soketi_timeout_s,
         on_response=metrics.soketi_response,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal
 
 import structlog
 
@@ -146,15 +146,19 @@ class CircuitGate:
         """Return once the circuit is closed; raise ``Interrupted`` on shutdown."""
         if self.is_open():
             return
-        closed = asyncio.ensure_future(self._circuit.wait_closed())
-        released = asyncio.ensure_future(self._released.wait())
-        try:
-            await asyncio.wait({closed, released}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-            released.cancel()
+        await first_of(self._circuit.wait_closed(), self._released.wait())
         if not self.is_open():
             raise Interrupted("worker stopping while Soketi was unavailable")
+
+
+async def first_of(*waits: Coroutine[Any, Any, object]) -> None:
+    """Return once the first of ``waits`` is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 class Circuits:

@@ -17,7 +17,7 @@ from worker.errors import (
     Interrupted,
 )
 from worker.events import peek
-from worker.flow.circuit import Circuits
+from worker.flow.circuit import Circuits, first_of
 from worker.flow.lanes import Lanes, Turn
 from worker.flow.pipeline import Pipeline, Result
 from worker.flow.settle import (
@@ -201,13 +201,7 @@ class Consumer:
         """Wait until every circuit is closed (True) or the worker stops (False)."""
         if self.circuits.may_process():
             return True
-        closed = asyncio.ensure_future(self.circuits.wait_may_process())
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-            stopping.cancel()
+        await first_of(self.circuits.wait_may_process(), self._stopping.wait())
         return self.circuits.may_process() and not self._stopping.is_set()
 
     async def drained(self, timeout_s: float) -> bool:

@@ -14,7 +14,6 @@ from worker.broker.connections import connect
 from worker.config import Settings
 from worker.errors import FanoutError
 from worker.retry import RetryPolicy
-from worker.soketi.api import Credentials, Limits
 from worker.soketi.client import SoketiClient
 
 _ONCE = RetryPolicy(attempts=1, total_s=10, initial_s=0, max_wait_s=0)
@@ -79,16 +78,5 @@ async def _mongodb(settings: Settings, timeout_s: float) -> None:
 
 async def _soketi(settings: Settings, timeout_s: float) -> None:
     async with aiohttp.ClientSession() as session:
-        client = SoketiClient(
-            Credentials(
-                settings.soketi_app_id,
-                settings.soketi_app_key,
-                settings.soketi_app_secret.get_secret_value(),
-            ),
-            settings.soketi_url,
-            session,
-            limits=Limits(),
-            retry=_ONCE,
-            timeout_s=timeout_s,
-        )
+        client = SoketiClient.from_settings(settings, session, retry=_ONCE, timeout_s=timeout_s)
         await client.ping()

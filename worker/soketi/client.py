@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from worker.config import Settings
 from worker.errors import SoketiUnavailable
 from worker.retry import RetryPolicy, call_with_retries
 from worker.soketi.api import Credentials, Limits, Planned, classify_response, sign_request
@@ -44,6 +45,34 @@ class SoketiClient:
         self._clock = clock
         self._on_response = on_response
         self._on_request = on_request
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        *,
+        retry: RetryPolicy,
+        timeout_s: float,
+        on_response: Callable[[int, float], None] | None = None,
+        on_request: Callable[[int], None] | None = None,
+    ) -> SoketiClient:
+        """The client of the Soketi app the settings name (``SOKETI_*``)."""
+        creds = Credentials(
+            settings.soketi_app_id,
+            settings.soketi_app_key,
+            settings.soketi_app_secret.get_secret_value(),
+        )
+        return cls(
+            creds,
+            settings.soketi_url,
+            session,
+            limits=Limits(max_payload_bytes=settings.max_payload_kb * 1024),
+            retry=retry,
+            timeout_s=timeout_s,
+            on_response=on_response,
+            on_request=on_request,
+        )
 
     @property
     def limits(self) -> Limits:

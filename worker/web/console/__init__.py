@@ -22,12 +22,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import itertools
 import re
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -37,10 +33,10 @@ import structlog
 from aiohttp import web
 
 from worker.events import message_of
-from worker.metrics import PREFIX, Metrics
 from worker.ops import dlq
 from worker.ops.publish import UsageError, complete, validate
 from worker.web import auth
+from worker.web.console.sampler import Sampler
 from worker.web.context import Task, WebContext
 
 log = structlog.get_logger("fanout")
@@ -55,10 +51,6 @@ STATIC_FILES: Final = {
     "ops.js": "text/javascript",
     "pusher-esm.js": "text/javascript",
 }
-SAMPLE_INTERVAL_S: Final = 5.0
-WINDOW_S: Final = 600.0
-AGE_WINDOW_S: Final = 60.0
-DOWNSTREAMS: Final = ("soketi", "mongodb")
 DLQ_LIST_LIMIT: Final = 500
 MAX_BODY_BYTES: Final = 64 * 1024
 _NO_STORE: Final = {"Cache-Control": "no-store"}
@@ -69,121 +61,6 @@ _CSP: Final = (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# -- ops summary (pure) ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """Cumulative counters at one moment: settled messages by outcome, event-age buckets."""
-
-    at_s: float
-    outcomes: Mapping[str, float]
-    age_buckets: tuple[tuple[float, float], ...]
-
-
-def take_sample(metrics: Metrics, at_s: float) -> Sample:
-    """Read the counters a throughput chart and an age estimate need."""
-    outcomes: dict[str, float] = {}
-    for metric in metrics.messages.collect():
-        for s in metric.samples:
-            if s.name.endswith("_total"):
-                outcome = s.labels["outcome"]
-                outcomes[outcome] = outcomes.get(outcome, 0.0) + s.value
-    buckets: list[tuple[float, float]] = []
-    for metric in metrics.event_age_seconds.collect():
-        for s in metric.samples:
-            if s.name.endswith("_bucket"):
-                buckets.append((float(s.labels["le"]), s.value))
-    return Sample(at_s, outcomes, tuple(buckets))
-
-
-def series(samples: list[Sample]) -> list[dict[str, Any]]:
-    """Messages settled per outcome between consecutive samples, oldest first."""
-    points = []
-    for before, after in itertools.pairwise(samples):
-        outcomes = {
-            name: max(0.0, value - before.outcomes.get(name, 0.0))
-            for name, value in after.outcomes.items()
-        }
-        points.append(
-            {
-                "at": int(after.at_s * 1000),
-                "seconds": after.at_s - before.at_s,
-                "outcomes": outcomes,
-            }
-        )
-    return points
-
-
-def age_quantile(before: Sample, after: Sample, q: float) -> float | None:
-    """Upper bucket bound of the ``q`` quantile of event ages observed between two samples."""
-    earlier = dict(before.age_buckets)
-    deltas = [(le, count - earlier.get(le, 0.0)) for le, count in after.age_buckets]
-    total = deltas[-1][1] if deltas else 0.0
-    if total <= 0:
-        return None
-    for le, count in deltas:
-        if count >= q * total:
-            return le
-    return None
-
-
-def gauge_values(metrics: Metrics, name: str, label: str) -> dict[str, float]:
-    """Every sample of gauge ``name`` by its ``label``."""
-    found: dict[str, float] = {}
-    for metric in metrics.registry.collect():
-        for s in metric.samples:
-            if s.name == name and label in s.labels:
-                found[s.labels[label]] = s.value
-    return found
-
-
-class Sampler:
-    """Keeps ``WINDOW_S`` of samples, taken every ``SAMPLE_INTERVAL_S`` by a background task."""
-
-    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
-        self._metrics = metrics
-        self._clock = clock
-        self._samples: deque[Sample] = deque(maxlen=int(WINDOW_S / SAMPLE_INTERVAL_S) + 1)
-        self._samples.append(take_sample(metrics, clock()))
-
-    def take(self) -> None:
-        """Add a sample now."""
-        self._samples.append(take_sample(self._metrics, self._clock()))
-
-    async def run_forever(self) -> None:
-        """Sample until cancelled."""
-        while True:
-            await asyncio.sleep(SAMPLE_INTERVAL_S)
-            self.take()
-
-    def summary(self) -> dict[str, Any]:
-        """What ``GET /console/api/ops`` answers."""
-        now = take_sample(self._metrics, self._clock())
-        samples = [*self._samples, now]
-        recent = [s for s in samples if s.at_s >= now.at_s - AGE_WINDOW_S] or [now]
-        oldest = recent[0] if len(recent) > 1 else samples[0]
-        metrics = self._metrics
-        circuits = gauge_values(metrics, f"{PREFIX}_circuit_open", "downstream")
-        return {
-            "now": int(now.at_s * 1000),
-            "totals": dict(now.outcomes),
-            "series": series(samples),
-            "eventAge": {
-                "p50": age_quantile(oldest, now, 0.5),
-                "p95": age_quantile(oldest, now, 0.95),
-                "windowSeconds": AGE_WINDOW_S,
-            },
-            "circuits": {
-                name: "open" if circuits.get(name, 0.0) >= 1 else "closed"
-                for name in sorted({*DOWNSTREAMS, *circuits})
-            },
-            "queues": gauge_values(metrics, f"{PREFIX}_queue_messages", "queue"),
-            "inFlight": metrics.registry.get_sample_value(f"{PREFIX}_in_flight_messages") or 0,
-            "consuming": (metrics.registry.get_sample_value(f"{PREFIX}_consumer_up") or 0) >= 1,
-        }
 
 
 # -- HTTP -------------------------------------------------------------------------------
