@@ -20,19 +20,18 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aio_pika
-
-from bench import paths, report, stack, stream
+from bench import baselines, report, stack, stream, worker_paths
 from bench.paths import Options, Result
+from worker.broker.connections import connect
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "latest.md"
 PathRun = Callable[[stack.Services, list[stream.BenchEvent], Options], Awaitable[Result]]
 THROUGHPUT: dict[str, PathRun] = {
-    "sync-trigger": paths.sync_trigger,
-    "direct-32": paths.direct,
-    "aio-pika-bare": paths.aio_pika_bare,
-    "worker": paths.worker_live,
-    "worker-backlog": paths.worker_backlog,
+    "sync-trigger": baselines.sync_trigger,
+    "direct-32": baselines.direct,
+    "aio-pika-bare": baselines.aio_pika_bare,
+    "worker": worker_paths.worker_live,
+    "worker-backlog": worker_paths.worker_backlog,
 }
 ALL_PATHS = (*THROUGHPUT, "latency")
 WORKER_PATHS = ("worker", "worker-backlog", "latency")
@@ -150,7 +149,7 @@ async def _measure(
             for suffix, worker_opts in workers:
                 _say(f"bench: run {run}/{args.runs}: {name}{suffix} …")
                 if name == "latency":
-                    result = await paths.latency(
+                    result = await worker_paths.latency(
                         services, stream.renamed(steady), worker_opts, args.rate
                     )
                 else:
@@ -161,7 +160,7 @@ async def _measure(
     if args.long:
         _say(f"bench: long run of {args.long} events …")
         events = stream.build(args.long, payload_bytes=args.payload_size)
-        result = await paths.long_run(services, events, opts, say=_say)
+        result = await worker_paths.long_run(services, events, opts, say=_say)
         _say(f"bench:   {_summary(result)}")
         results.append(result)
     return results
@@ -213,7 +212,7 @@ def _git_describe() -> str:
 
 
 async def _rabbitmq_version(services: stack.Services) -> str:
-    connection = await aio_pika.connect(services.rabbitmq_url)
+    connection = await connect(services.rabbitmq_url, purpose="bench version")
     async with connection:
         properties = connection.transport.connection.server_properties
         version = properties.get("version", b"?")

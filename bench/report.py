@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bench import stack
+from bench import usage
 from bench.paths import MongoShare, Result
 
 # The targets: worker throughput / baseline, and latency at a steady 500 events/s.
@@ -15,13 +15,13 @@ RATIO_TARGETS = (("sync-trigger", 5.0), ("direct-32", 2.0), ("aio-pika-bare", 0.
 P50_TARGET_MS = 10.0
 P99_TARGET_MS = 50.0
 RSS_TARGET_MB = 150.0
-# The CPU budget's columns: process name (bench.stack) and column header, in report order.
+# The CPU budget's columns: process name (bench.usage) and column header, in report order.
 PROCESS_COLUMNS = (
-    (stack.WORKER, "worker"),
-    (stack.STANDIN, "MongoDB stand-in"),
-    (stack.SOKETI, "Soketi"),
-    (stack.RABBITMQ, "RabbitMQ"),
-    (stack.BENCH, "bench (publisher + subscribers)"),
+    (usage.WORKER, "worker"),
+    (usage.STANDIN, "MongoDB stand-in"),
+    (usage.SOKETI, "Soketi"),
+    (usage.RABBITMQ, "RabbitMQ"),
+    (usage.BENCH, "bench (publisher + subscribers)"),
 )
 
 

@@ -20,11 +20,12 @@ from typing import Any
 import aio_pika
 import orjson
 
-from devtools.demo import CUSTOMERS, PRODUCTS, SHOPS, _marketplace
+from devtools import marketplace
+from devtools.marketplace import CUSTOMERS, PRODUCTS, SHOPS, conversation_id
 from worker.ops.publish import complete, validate
 
 EPHEMERAL = frozenset({"typing.started", "typing.stopped"})
-_SHOP_OF_PRODUCT = {product_id: shop_id for product_id, _, shop_id, _ in PRODUCTS}
+_SHOP_OF_PRODUCT = {product.id: product.shop_id for product in PRODUCTS}
 _ALERT_MAX_CHARS = 2_000  # schemas.fields.Text
 _ADMIN_EVENTS = {
     "order.created": "new-order",
@@ -47,12 +48,12 @@ class BenchEvent:
 
 def watched_channels() -> list[str]:
     """Every fixed channel the demo stream delivers to (``private-order-*`` is per order)."""
-    chats = [f"private-chat-conv-{c}-{s}" for c, _ in CUSTOMERS for s, _ in SHOPS]
+    chats = [f"private-chat-{conversation_id(c.id, s.id)}" for c in CUSTOMERS for s in SHOPS]
     return [
         "private-admin",
         "public",
-        *(f"private-seller-{shop_id}" for shop_id, _ in SHOPS),
-        *(f"private-user-{user_id}" for user_id, _ in CUSTOMERS),
+        *(f"private-seller-{shop.id}" for shop in SHOPS),
+        *(f"private-user-{customer.id}" for customer in CUSTOMERS),
         *chats,
     ]
 
@@ -80,7 +81,7 @@ def build(
 ) -> list[BenchEvent]:
     """The first ``count`` envelopes of the demo marketplace, validated as the worker will."""
     events: list[BenchEvent] = []
-    for raw in _marketplace(random.Random(seed)):
+    for raw in marketplace.events(random.Random(seed)):
         if len(events) >= count:
             break
         if raw["type"] in EPHEMERAL and not ephemeral:

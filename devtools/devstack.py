@@ -1,8 +1,7 @@
-"""Start the local services on loopback for tests, the demo and benchmarks.
+"""The local services on loopback for tests, the demo and benchmarks.
 
-Nothing here is on the worker's hot path, so it is plain synchronous code around
-``subprocess``. Every process is started in its own process group, killed as a group on
-``stop()`` and again at interpreter exit, so a test run leaves no orphan behind.
+Each runs as a :class:`devtools.processes.ManagedProcess` (own process group, killed on
+``stop()`` and at interpreter exit).
 
 - RabbitMQ: :func:`ensure_rabbitmq` starts the system's ``rabbitmq-server -detached``
   when nothing listens yet (it is shared and outlives us, like a system service).
@@ -16,34 +15,32 @@ Nothing here is on the worker's hot path, so it is plain synchronous code around
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pymongo
 
+from devtools.processes import (
+    LOOPBACK,
+    LocalService,
+    ManagedProcess,
+    free_port,
+    http_ok,
+    tcp_is_open,
+    temp_dir,
+)
+
+# devtools is not shipped: it finds the repository's npm-installed Soketi from its own path.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOKETI_BIN = REPO_ROOT / "tools" / "soketi" / "node_modules" / ".bin" / "soketi"
-
-LOOPBACK = "127.0.0.1"
-_POLL_INTERVAL_S = 0.05
-_STOP_GRACE_S = 5.0
-_LOG_TAIL_LINES = 40
 
 # Soketi 1.6.1 defaults (dist/server.js `eventLimits`, overridable per app in dist/app.js),
 # named here so tests and benchmarks can assert against the same numbers.
@@ -52,23 +49,6 @@ SOKETI_MAX_EVENT_CHANNELS_AT_ONCE = 100
 SOKETI_MAX_EVENT_BATCH_SIZE = 10
 SOKETI_MAX_EVENT_NAME_LENGTH = 200
 SOKETI_MAX_CHANNEL_NAME_LENGTH = 200
-
-
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    """Return a port on 127.0.0.1 that was free a moment ago (TCP unless ``kind`` says UDP)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def tcp_is_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    """Say whether something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 # --- RabbitMQ --------------------------------------------------------------------------
@@ -107,117 +87,6 @@ def ensure_rabbitmq(host: str = LOOPBACK, port: int = 5672, timeout_s: float = 9
         )
         if done.returncode != 0:
             raise RuntimeError(f"rabbitmqctl await_startup failed: {done.stderr.strip()[-500:]}")
-
-
-# --- process handling ------------------------------------------------------------------
-
-
-class _ManagedProcess:
-    """One child process in its own process group, with its output appended to a log file."""
-
-    def __init__(self, argv: Sequence[str], *, env: dict[str, str], cwd: Path, log_path: Path):
-        self.argv = list(argv)
-        self.env = env
-        self.cwd = cwd
-        self.log_path = log_path
-        self._popen: subprocess.Popen[bytes] | None = None
-
-    @property
-    def is_running(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The process id while it runs."""
-        return self._popen.pid if self.is_running and self._popen is not None else None
-
-    def start(self) -> None:
-        if self.is_running:
-            raise RuntimeError(f"{self.argv[0]} is already running")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._popen = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stop() kills children too
-            )
-        _live.add(self)
-
-    def stop(self, grace_s: float = _STOP_GRACE_S) -> None:
-        popen, self._popen = self._popen, None
-        _live.discard(self)
-        if popen is None:
-            return
-        if popen.poll() is None:
-            _signal_group(popen.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=grace_s)
-        # Whatever the leader did, take the whole group down (node may leave helpers).
-        _signal_group(popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            popen.wait(timeout=grace_s)
-
-    def exited_early(self) -> int | None:
-        """Return the exit code if the process has already died, else ``None``."""
-        return None if self._popen is None else self._popen.poll()
-
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-_live: set[_ManagedProcess] = set()
-_temp_dirs: list[Path] = []
-_cleanup_lock = threading.Lock()
-
-
-@atexit.register
-def _stop_everything() -> None:
-    """Kill every process this module started and remove its temporary files."""
-    with _cleanup_lock:
-        for proc in list(_live):
-            proc.stop(grace_s=1.0)
-        for path in _temp_dirs:
-            shutil.rmtree(path, ignore_errors=True)
-        _temp_dirs.clear()
-
-
-def _temp_dir(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    _temp_dirs.append(path)
-    return path
-
-
-def _wait_until(
-    ready: Callable[[], bool], proc: _ManagedProcess, *, what: str, timeout_s: float
-) -> None:
-    """Poll ``ready`` until it holds, the process dies, or ``timeout_s`` passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if ready():
-            return
-        code = proc.exited_early()
-        if code is not None:
-            proc.stop()
-            raise RuntimeError(f"{what} exited with code {code}; log tail:\n{proc.log_tail()}")
-        if time.monotonic() > deadline:
-            proc.stop()
-            raise RuntimeError(
-                f"{what} was not ready after {timeout_s:.0f} s; log tail:\n{proc.log_tail()}"
-            )
-        time.sleep(_POLL_INTERVAL_S)
 
 
 # --- Soketi ----------------------------------------------------------------------------
@@ -268,58 +137,12 @@ class SoketiConfig:
         }
 
 
-class _Service:
-    """Start, stop and restart of a local service process on fixed ports."""
-
-    __slots__ = ()
-    _process: _ManagedProcess
-    ready_timeout_s: float
-
-    @property
-    def url(self) -> str:
-        """Where the service answers."""
-        raise NotImplementedError
-
-    def _ready(self) -> bool:
-        raise NotImplementedError
-
-    @property
-    def is_running(self) -> bool:
-        """True while the process runs."""
-        return self._process.is_running
-
-    @property
-    def pid(self) -> int | None:
-        """The service's process id while it runs (e.g. to read its CPU time)."""
-        return self._process.pid
-
-    def start(self) -> None:
-        """Start the process and wait until the service answers."""
-        self._process.start()
-        _wait_until(
-            self._ready,
-            self._process,
-            what=f"{type(self).__name__} at {self.url}",
-            timeout_s=self.ready_timeout_s,
-        )
-
-    def stop(self) -> None:
-        """Kill the process group; ports are kept for ``restart()``."""
-        self._process.stop()
-
-    def restart(self) -> None:
-        """Stop if running, then start again on the same ports (connections are lost; the
-        Mongo stand-in's in-memory data too)."""
-        self.stop()
-        self.start()
-
-
 @dataclass(slots=True)
-class SoketiServer(_Service):
+class SoketiServer(LocalService):
     """A Soketi process started by :func:`start_soketi`: a frozen config plus its process."""
 
     config: SoketiConfig
-    _process: _ManagedProcess = field(repr=False)
+    process: ManagedProcess = field(repr=False)
     ready_timeout_s: float = 20.0
 
     @property
@@ -348,18 +171,10 @@ class SoketiServer(_Service):
 
     @property
     def log_path(self) -> Path:
-        return self._process.log_path
+        return self.process.log_path
 
-    def _ready(self) -> bool:
-        return _http_ok(f"{self.url}/")
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    def is_ready(self) -> bool:
+        return http_ok(f"{self.url}/")
 
 
 def start_soketi(
@@ -387,17 +202,17 @@ def start_soketi(
         max_payload_kb=max_payload_kb,
         webhooks=tuple(webhooks or ()),
     )
-    workdir = _temp_dir("bazaar-soketi-")
+    workdir = temp_dir("bazaar-soketi-")
     config_path = workdir / "soketi.json"
     config_path.write_text(json.dumps(config.as_soketi_json(), indent=2), encoding="utf-8")
-    process = _ManagedProcess(
+    process = ManagedProcess(
         [str(SOKETI_BIN), "start", f"--config={config_path}"],
         env=_soketi_env(config),
         # Soketi loads a .env from its working directory; an empty temp dir has none.
         cwd=workdir,
         log_path=log_path if log_path is not None else workdir / "soketi.log",
     )
-    server = SoketiServer(config=config, _process=process)
+    server = SoketiServer(config=config, process=process)
     server.start()
     return server
 
@@ -418,19 +233,19 @@ def _soketi_env(config: SoketiConfig) -> dict[str, str]:
 
 
 @dataclass(slots=True)
-class MongoStandin(_Service):
+class MongoStandin(LocalService):
     """An ``nx-27017`` process with an in-memory database; data is lost on ``restart()``."""
 
     host: str
     port: int
-    _process: _ManagedProcess = field(repr=False)
+    process: ManagedProcess = field(repr=False)
     ready_timeout_s: float = 20.0
 
     @property
     def url(self) -> str:
         return f"mongodb://{self.host}:{self.port}"
 
-    def _ready(self) -> bool:
+    def is_ready(self) -> bool:
         return _mongo_pings(self.url)
 
 
@@ -453,8 +268,8 @@ def start_mongo_standin(port: int | None = None) -> MongoStandin:
     if not binary.exists():
         raise RuntimeError(f"{binary} is missing; install the dev extras (pip install -e .[dev])")
     port = port if port is not None else free_port()
-    workdir = _temp_dir("bazaar-mongo-")
-    process = _ManagedProcess(
+    workdir = temp_dir("bazaar-mongo-")
+    process = ManagedProcess(
         [
             str(binary),
             "--db",
@@ -473,6 +288,6 @@ def start_mongo_standin(port: int | None = None) -> MongoStandin:
         cwd=workdir,
         log_path=workdir / "nx-27017.out",
     )
-    standin = MongoStandin(host=LOOPBACK, port=port, _process=process)
+    standin = MongoStandin(host=LOOPBACK, port=port, process=process)
     standin.start()
     return standin

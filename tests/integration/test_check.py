@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 
-from devtools.devstack import SoketiServer, free_port
+from devtools.devstack import SoketiServer
+from devtools.processes import free_port
 
 
 def _check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -26,7 +26,8 @@ from aio_pika.abc import AbstractChannel
 from prometheus_client.parser import text_string_to_metric_families
 
 import worker.broker.topology as broker
-from devtools.devstack import SoketiServer, free_port
+from devtools.devstack import SoketiServer
+from devtools.processes import free_port
 from devtools.watch import PusherSubscriber, sign_channel
 from tests.conftest import Names
 from tests.integration.harness import envelope, running_worker

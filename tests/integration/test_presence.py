@@ -15,7 +15,8 @@ import aiohttp
 import orjson
 import pytest
 
-from devtools.devstack import SoketiServer, free_port, start_soketi
+from devtools.devstack import SoketiServer, start_soketi
+from devtools.processes import free_port
 from devtools.watch import PusherSubscriber, Received
 from tests.conftest import SOKETI_APP_ID
 from tests.integration.harness import Fanout, envelope, running_worker, wait_until
