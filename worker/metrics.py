@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -39,116 +40,8 @@ class Metrics:
     def create(cls, registry: CollectorRegistry | None = None) -> Metrics:
         """Register every metric on ``registry`` (a fresh one when omitted)."""
         reg = registry if registry is not None else CollectorRegistry()
-        return cls(
-            registry=reg,
-            messages=Counter(
-                f"{PREFIX}_messages",
-                "Messages settled, by event type, outcome and dead-letter reason.",
-                ("event_type", "outcome", "reason"),
-                registry=reg,
-            ),
-            processing_seconds=Histogram(
-                f"{PREFIX}_processing_seconds",
-                "Time from receiving a message to settling it.",
-                ("event_type",),
-                buckets=_LATENCY_BUCKETS,
-                registry=reg,
-            ),
-            event_age_seconds=Histogram(
-                f"{PREFIX}_event_age_seconds",
-                "Age of an event (now - occurredAt) when Soketi accepted it.",
-                buckets=_AGE_BUCKETS,
-                registry=reg,
-            ),
-            soketi_responses=Counter(
-                f"{PREFIX}_soketi_responses",
-                "Soketi HTTP API answers by status class (2xx, 4xx, 5xx, error).",
-                ("status_class",),
-                registry=reg,
-            ),
-            soketi_request_seconds=Histogram(
-                f"{PREFIX}_soketi_request_seconds",
-                "Duration of Soketi HTTP API calls.",
-                buckets=_LATENCY_BUCKETS,
-                registry=reg,
-            ),
-            triggers_per_request=Histogram(
-                f"{PREFIX}_triggers_per_request",
-                "Pusher events carried by one Soketi API call.",
-                buckets=(1, 2, 3, 5, 10, 20, 50, 100),
-                registry=reg,
-            ),
-            mongodb_query_seconds=Histogram(
-                f"{PREFIX}_mongodb_query_seconds",
-                "Duration of MongoDB queries by operation.",
-                ("operation",),
-                buckets=_LATENCY_BUCKETS,
-                registry=reg,
-            ),
-            in_flight=Gauge(
-                f"{PREFIX}_in_flight_messages",
-                "Messages received and not yet settled.",
-                registry=reg,
-            ),
-            consumer_up=Gauge(
-                f"{PREFIX}_consumer_up",
-                "1 while the worker is consuming its queue.",
-                registry=reg,
-            ),
-            retries_scheduled=Counter(
-                f"{PREFIX}_retries_scheduled",
-                "Messages sent to a delayed-retry tier, by tier.",
-                ("tier",),
-                registry=reg,
-            ),
-            circuit_open=Gauge(
-                f"{PREFIX}_circuit_open",
-                "1 while the circuit breaker of a downstream (soketi, mongodb) is open.",
-                ("downstream",),
-                registry=reg,
-            ),
-            reconnects=Counter(
-                f"{PREFIX}_reconnects",
-                "Broker connection recoveries and consumers re-registered after a loss.",
-                ("kind",),
-                registry=reg,
-            ),
-            queue_messages=Gauge(
-                f"{PREFIX}_queue_messages",
-                "Messages ready in the worker's queues, sampled: main, dlq, retry_<tier>.",
-                ("queue",),
-                registry=reg,
-            ),
-            loop_lag_seconds=Gauge(
-                f"{PREFIX}_event_loop_lag_seconds",
-                "How late the event loop's heartbeat last ran (a blocked loop shows here).",
-                registry=reg,
-            ),
-            auth_requests=Counter(
-                f"{PREFIX}_auth_requests",
-                "Channel and user authorization requests by endpoint (channel, user) and "
-                "outcome (allowed, unauthenticated, forbidden, invalid, unavailable).",
-                ("endpoint", "outcome"),
-                registry=reg,
-            ),
-            webhooks=Counter(
-                f"{PREFIX}_webhooks",
-                "Soketi webhooks by outcome (accepted, forged, stale, invalid).",
-                ("outcome",),
-                registry=reg,
-            ),
-            accounts_online=Gauge(
-                f"{PREFIX}_accounts_online",
-                "Accounts with at least one browser on their personal channel.",
-                registry=reg,
-            ),
-            history_requests=Counter(
-                f"{PREFIX}_history_requests",
-                "Channel history reads by outcome (ok, gone, unauthenticated, forbidden, invalid).",
-                ("outcome",),
-                registry=reg,
-            ),
-        )
+        built: dict[str, Any] = {spec.field: spec.build(reg) for spec in _SPECS}
+        return cls(registry=reg, **built)
 
     def soketi_response(self, status: int, duration_s: float) -> None:
         """Count one Soketi answer (status 0: no answer at all) and its duration."""
@@ -159,3 +52,159 @@ class Metrics:
     def mongodb_query(self, operation: str, duration_s: float) -> None:
         """Time one MongoDB query; ``operation`` is one of the gateway's fixed names."""
         self.mongodb_query_seconds.labels(operation=operation).observe(duration_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """How one metric is registered."""
+
+    field: str
+    kind: type[Counter | Gauge | Histogram]
+    suffix: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+    def build(self, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
+        """The metric, registered on ``registry``."""
+        name = f"{PREFIX}_{self.suffix}"
+        if self.buckets is not None:
+            return Histogram(name, self.help, self.labels, buckets=self.buckets, registry=registry)
+        return self.kind(name, self.help, self.labels, registry=registry)
+
+
+#: Every metric: its field, kind, name after ``PREFIX``, help, labels and buckets.
+_SPECS: Final[tuple[_Spec, ...]] = (
+    _Spec(
+        "messages",
+        Counter,
+        "messages",
+        "Messages settled, by event type, outcome and dead-letter reason.",
+        ("event_type", "outcome", "reason"),
+    ),
+    _Spec(
+        "processing_seconds",
+        Histogram,
+        "processing_seconds",
+        "Time from receiving a message to settling it.",
+        ("event_type",),
+        _LATENCY_BUCKETS,
+    ),
+    _Spec(
+        "event_age_seconds",
+        Histogram,
+        "event_age_seconds",
+        "Age of an event (now - occurredAt) when Soketi accepted it.",
+        (),
+        _AGE_BUCKETS,
+    ),
+    _Spec(
+        "soketi_responses",
+        Counter,
+        "soketi_responses",
+        "Soketi HTTP API answers by status class (2xx, 4xx, 5xx, error).",
+        ("status_class",),
+    ),
+    _Spec(
+        "soketi_request_seconds",
+        Histogram,
+        "soketi_request_seconds",
+        "Duration of Soketi HTTP API calls.",
+        (),
+        _LATENCY_BUCKETS,
+    ),
+    _Spec(
+        "triggers_per_request",
+        Histogram,
+        "triggers_per_request",
+        "Pusher events carried by one Soketi API call.",
+        (),
+        (1, 2, 3, 5, 10, 20, 50, 100),
+    ),
+    _Spec(
+        "mongodb_query_seconds",
+        Histogram,
+        "mongodb_query_seconds",
+        "Duration of MongoDB queries by operation.",
+        ("operation",),
+        _LATENCY_BUCKETS,
+    ),
+    _Spec(
+        "in_flight",
+        Gauge,
+        "in_flight_messages",
+        "Messages received and not yet settled.",
+        (),
+    ),
+    _Spec(
+        "consumer_up",
+        Gauge,
+        "consumer_up",
+        "1 while the worker is consuming its queue.",
+        (),
+    ),
+    _Spec(
+        "retries_scheduled",
+        Counter,
+        "retries_scheduled",
+        "Messages sent to a delayed-retry tier, by tier.",
+        ("tier",),
+    ),
+    _Spec(
+        "circuit_open",
+        Gauge,
+        "circuit_open",
+        "1 while the circuit breaker of a downstream (soketi, mongodb) is open.",
+        ("downstream",),
+    ),
+    _Spec(
+        "reconnects",
+        Counter,
+        "reconnects",
+        "Broker connection recoveries and consumers re-registered after a loss.",
+        ("kind",),
+    ),
+    _Spec(
+        "queue_messages",
+        Gauge,
+        "queue_messages",
+        "Messages ready in the worker's queues, sampled: main, dlq, retry_<tier>.",
+        ("queue",),
+    ),
+    _Spec(
+        "loop_lag_seconds",
+        Gauge,
+        "event_loop_lag_seconds",
+        "How late the event loop's heartbeat last ran (a blocked loop shows here).",
+        (),
+    ),
+    _Spec(
+        "auth_requests",
+        Counter,
+        "auth_requests",
+        "Channel and user authorization requests by endpoint (channel, user) and "
+        "outcome (allowed, unauthenticated, forbidden, invalid, unavailable).",
+        ("endpoint", "outcome"),
+    ),
+    _Spec(
+        "webhooks",
+        Counter,
+        "webhooks",
+        "Soketi webhooks by outcome (accepted, forged, stale, invalid).",
+        ("outcome",),
+    ),
+    _Spec(
+        "accounts_online",
+        Gauge,
+        "accounts_online",
+        "Accounts with at least one browser on their personal channel.",
+        (),
+    ),
+    _Spec(
+        "history_requests",
+        Counter,
+        "history_requests",
+        "Channel history reads by outcome (ok, gone, unauthenticated, forbidden, invalid).",
+        ("outcome",),
+    ),
+)

@@ -23,7 +23,7 @@ from worker.metrics import Metrics
 from worker.mongo.retention import sweeper
 from worker.retry import RetryPolicy
 from worker.web import server, setup
-from worker.web.context import Task, WebContext
+from worker.web.context import Task
 
 log = structlog.get_logger("fanout")
 
@@ -66,51 +66,22 @@ async def run(
         )
         circuit_listeners.append(subscription.poke)
         heartbeat = Heartbeat(metrics)
-        web_routes, web_tasks = setup(
-            WebContext(
-                settings=settings,
-                metrics=metrics,
-                soketi=soketi.client,
-                deliverer=soketi.batcher,
-                events=rabbit.events,
-                access=mongo.access,
-                presence=mongo.presence,
-                history=mongo.history,
-            )
+        web_routes, web_tasks = setup(build.web_context(settings, metrics, soketi, mongo, rabbit))
+        await _start_background(
+            stack, settings, metrics, rabbit, [heartbeat.run, *_sweepers(mongo), *web_tasks]
         )
-        tasks: list[Task] = [
-            heartbeat.run,
-            sweeper("processed", mongo.processed),
-            sweeper("history", mongo.history),
-            *web_tasks,
-        ]
-        sampler = await rabbit.publishing.channel()
-        background = [
-            asyncio.create_task(
-                sample_queues(sampler, rabbit.topology, metrics, settings.queue_sample_interval_s),
-                name="queue-sampler",
-            ),
-            *(asyncio.create_task(task(), name=_name(task)) for task in tasks),
-        ]
-        stack.push_async_callback(cancel_all, background)
 
         async def consuming() -> str | None:
             return None if await subscription.consuming() else "not consuming"
 
-        http = await server.start(
-            server.build_app(
-                metrics,
-                {
-                    "consumer": consuming,
-                    "soketi": downstream_check(circuits.soketi, soketi.client.probe),
-                    "mongodb": downstream_check(circuits.mongodb, mongo.gateway.probe),
-                },
-                alive=heartbeat.alive(settings.loop_blocked_limit_s),
-                routes=web_routes,
-            ),
-            settings.http_host,
-            settings.http_port,
-        )
+        checks = {
+            "consumer": consuming,
+            "soketi": downstream_check(circuits.soketi, soketi.client.probe),
+            "mongodb": downstream_check(circuits.mongodb, mongo.gateway.probe),
+        }
+        alive = heartbeat.alive(settings.loop_blocked_limit_s)
+        app = server.build_app(metrics, checks, alive=alive, routes=web_routes)
+        http = await server.start(app, settings.http_host, settings.http_port)
         stack.push_async_callback(http.close)
         await subscription.start()
         log.info(
@@ -141,6 +112,30 @@ async def _drain(
     drained = await consumer.drained(timeout_s)
     abandoned = await consumer.abandon()
     log.info("fanout.stopped", drained=drained, returned_to_queue=abandoned)
+
+
+def _sweepers(mongo: build.Mongo) -> list[Task]:
+    """The retention sweeps of the collections that expire."""
+    return [sweeper("processed", mongo.processed), sweeper("history", mongo.history)]
+
+
+async def _start_background(
+    stack: AsyncExitStack,
+    settings: Settings,
+    metrics: Metrics,
+    rabbit: build.Broker,
+    tasks: list[Task],
+) -> None:
+    """Start the queue sampler and ``tasks``; stopping cancels them all."""
+    sampler = await rabbit.publishing.channel()
+    background = [
+        asyncio.create_task(
+            sample_queues(sampler, rabbit.topology, metrics, settings.queue_sample_interval_s),
+            name="queue-sampler",
+        ),
+        *(asyncio.create_task(task(), name=_name(task)) for task in tasks),
+    ]
+    stack.push_async_callback(cancel_all, background)
 
 
 def _name(task: Task) -> str:

@@ -34,6 +34,7 @@ from worker.mongo.processed import ProcessedLog
 from worker.retry import RetryPolicy
 from worker.soketi.batcher import TriggerBatcher
 from worker.soketi.client import SoketiClient
+from worker.web.context import WebContext
 
 log = structlog.get_logger("fanout")
 
@@ -207,3 +208,19 @@ def build_circuits(
     for circuit in circuits.all:
         changed(circuit)
     return circuits, listeners
+
+
+def web_context(
+    settings: Settings, metrics: Metrics, soketi: Soketi, mongo: Mongo, broker_: Broker
+) -> WebContext:
+    """What the browser side shares, from the collaborators built above."""
+    return WebContext(
+        settings=settings,
+        metrics=metrics,
+        soketi=soketi.client,
+        deliverer=soketi.batcher,
+        events=broker_.events,
+        access=mongo.access,
+        presence=mongo.presence,
+        history=mongo.history,
+    )

@@ -154,8 +154,8 @@ async def list_letters(settings: BrokerSettings, selection: Selection) -> list[D
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a replay or purge did."""
+class Handled:
+    """What a replay or purge did: how many were selected, handled, and which failed."""
 
     selected: int
     done: int
@@ -169,7 +169,7 @@ async def replay(
     dry_run: bool = False,
     rate_per_s: float | None = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
-) -> Outcome:
+) -> Handled:
     """Send selected dead letters back to the worker's queue with attempts reset.
 
     They go through ``{WORKER_QUEUE}.return``, which routes to the worker's queue only, with
@@ -179,7 +179,7 @@ async def replay(
     async with browse(settings) as (channel, taken):
         chosen = [(m, letter) for m, letter in taken if selection.matches(letter, now)]
         if dry_run:
-            return Outcome(len(chosen), 0)
+            return Handled(len(chosen), 0)
         back = await channel.get_exchange(f"{settings.worker_queue}.return", ensure=True)
         done, failed = 0, []
         started = time.monotonic()
@@ -200,19 +200,19 @@ async def replay(
             await message.ack()
             done += 1
             progress(done, len(chosen))
-        return Outcome(len(chosen), done, tuple(failed))
+        return Handled(len(chosen), done, tuple(failed))
 
 
-async def purge(settings: BrokerSettings, selection: Selection, *, confirmed: bool) -> Outcome:
+async def purge(settings: BrokerSettings, selection: Selection, *, confirmed: bool) -> Handled:
     """Remove selected dead letters; without ``confirmed`` only count them."""
     now = datetime.now(UTC)
     async with browse(settings) as (_, taken):
         chosen = [(m, letter) for m, letter in taken if selection.matches(letter, now)]
         if not confirmed:
-            return Outcome(len(chosen), 0)
+            return Handled(len(chosen), 0)
         for message, _ in chosen:
             await message.ack()
-        return Outcome(len(chosen), len(chosen))
+        return Handled(len(chosen), len(chosen))
 
 
 def operator() -> str:

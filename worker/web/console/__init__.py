@@ -230,7 +230,7 @@ class Console:
         return {"id": event.id, "type": event.type}
 
     def _acted(
-        self, action: str, operator: str, selection: dlq.Selection, outcome: dlq.Outcome
+        self, action: str, operator: str, selection: dlq.Selection, outcome: dlq.Handled
     ) -> dict[str, Any]:
         log.info(
             "console.operator_action",
