@@ -76,10 +76,7 @@ def start_services(workdir: Path) -> Services:
     )
     standin = None
     try:
-        mongo_url = os.environ.get("MONGODB_URL")
-        if mongo_url is None:
-            standin = devstack.start_mongo_standin()
-            mongo_url = standin.url
+        mongo_url, standin = devstack.mongodb_url_or_standin()
         services = Services(
             rabbitmq_url,
             mongo_url,

@@ -98,10 +98,8 @@ def _start_stack() -> Stack:
     _say(f"Soketi     {soketi.url} (app {SOKETI_APP_ID}, key {SOKETI_APP_KEY})")
     standin = None
     try:
-        mongo_url = os.environ.get("MONGODB_URL")
-        if mongo_url is None:
-            standin = devstack.start_mongo_standin()
-            mongo_url = standin.url
+        mongo_url, standin = devstack.mongodb_url_or_standin()
+        if standin is not None:
             _say(f"MongoDB    {mongo_url} (nx-27017 stand-in, in memory)")
         else:
             _say("MongoDB    MONGODB_URL")

@@ -291,3 +291,13 @@ def start_mongo_standin(port: int | None = None) -> MongoStandin:
     standin = MongoStandin(host=LOOPBACK, port=port, process=process)
     standin.start()
     return standin
+
+
+def mongodb_url_or_standin() -> tuple[str, MongoStandin | None]:
+    """``MONGODB_URL`` when set (a real MongoDB), else a fresh stand-in, which the caller
+    stops (``None`` when none was started)."""
+    url = os.environ.get("MONGODB_URL")
+    if url is not None:
+        return url, None
+    standin = start_mongo_standin()
+    return standin.url, standin
