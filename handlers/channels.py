@@ -16,6 +16,12 @@ from schemas.base import ID_PATTERN
 
 PRIVATE_ADMIN = "private-admin"
 PUBLIC = "public"
+USER_PREFIX: Final = "private-user-"
+SELLER_PREFIX: Final = "private-seller-"
+CHAT_PREFIX: Final = "private-chat-"
+ORDER_PREFIX: Final = "private-order-"
+#: The prefixes of personal channels: someone on one is online (presence).
+PERSONAL_PREFIXES: Final = (USER_PREFIX, SELLER_PREFIX)
 
 _ID = re.compile(ID_PATTERN)
 
@@ -25,10 +31,10 @@ Kind = Literal["user", "seller", "admin", "chat", "order"]
 _ID_BODY: Final = ID_PATTERN.removeprefix("^").removesuffix("$")
 # One exact shape per kind; ``fullmatch`` means nothing may precede or follow the id.
 _PATTERNS: Final[tuple[tuple[Kind, re.Pattern[str]], ...]] = (
-    ("user", re.compile(rf"private-user-({_ID_BODY})", re.ASCII)),
-    ("seller", re.compile(rf"private-seller-({_ID_BODY})", re.ASCII)),
-    ("chat", re.compile(rf"private-chat-({_ID_BODY})", re.ASCII)),
-    ("order", re.compile(rf"private-order-({_ID_BODY})", re.ASCII)),
+    ("user", re.compile(rf"{USER_PREFIX}({_ID_BODY})", re.ASCII)),
+    ("seller", re.compile(rf"{SELLER_PREFIX}({_ID_BODY})", re.ASCII)),
+    ("chat", re.compile(rf"{CHAT_PREFIX}({_ID_BODY})", re.ASCII)),
+    ("order", re.compile(rf"{ORDER_PREFIX}({_ID_BODY})", re.ASCII)),
 )
 
 
@@ -64,27 +70,27 @@ def _checked(account_id: str) -> str:
 
 def private_user(user_id: str) -> str:
     """The personal channel of a user: ``private-user-{id}``."""
-    return f"private-user-{_checked(user_id)}"
+    return f"{USER_PREFIX}{_checked(user_id)}"
 
 
 def private_seller(shop_id: str) -> str:
     """The personal channel of a shop: ``private-seller-{id}``."""
-    return f"private-seller-{_checked(shop_id)}"
+    return f"{SELLER_PREFIX}{_checked(shop_id)}"
 
 
 def private_chat(conversation_id: str) -> str:
     """A conversation's channel: ``private-chat-{id}``."""
-    return f"private-chat-{_checked(conversation_id)}"
+    return f"{CHAT_PREFIX}{_checked(conversation_id)}"
 
 
 def is_chat(channel: str) -> bool:
     """Whether ``channel`` is a conversation's (whose events must keep publish order)."""
-    return channel.startswith("private-chat-")
+    return channel.startswith(CHAT_PREFIX)
 
 
 def private_order(order_id: str) -> str:
     """An order's channel: ``private-order-{id}``."""
-    return f"private-order-{_checked(order_id)}"
+    return f"{ORDER_PREFIX}{_checked(order_id)}"
 
 
 def private_account(account_type: Literal["user", "seller"], account_id: str) -> str:

@@ -30,7 +30,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from handlers.channels import parse_channel
+from handlers.channels import PERSONAL_PREFIXES, parse_channel
 from schemas import Event
 from worker.events import message_of, parse
 from worker.mongo.presence import PresenceState
@@ -43,7 +43,6 @@ MAX_AGE_MS = 5 * 60 * 1000
 MAX_AHEAD_MS = 60 * 1000
 OCCUPIED = "channel_occupied"
 VACATED = "channel_vacated"
-PREFIXES = ("private-user-", "private-seller-")
 
 AccountType = Literal["user", "seller"]
 WebhookOutcome = Literal["accepted", "forged", "stale", "invalid"]
@@ -284,7 +283,7 @@ class Presence:
         """Compare the store with Soketi's occupied personal channels; apply the drift."""
         at = _to_ms(datetime.fromtimestamp(self._clock(), UTC))
         occupied: set[str] = set()
-        for prefix in PREFIXES:
+        for prefix in PERSONAL_PREFIXES:
             occupied |= await self._ctx.soketi.occupied_channels(prefix)
         keys = {s.key for s in filter(None, map(subject_of, occupied))}
         stored = {state.key: state for state in await self._store.online()}
