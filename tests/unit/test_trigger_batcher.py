@@ -206,3 +206,27 @@ async def test_a_message_over_ten_events_goes_out_in_its_own_planned_calls() -> 
     assert [p.triggers for p in client.planned] == [10, 2]
     assert client.started == []  # never mixed into a shared call
     assert queued.is_set()
+
+
+async def test_a_message_over_ten_events_never_overtakes_an_earlier_one_on_its_lane() -> None:
+    """An oversized message behind a lingering one on the same ordered channel waits in line:
+    Soketi gets the earlier message first, then the big one's own calls."""
+    client = Client()
+    batcher = TriggerBatcher(client, linger_s=0.05)  # type: ignore[arg-type]  # stand-in client
+    queued = asyncio.Event()
+    first = asyncio.create_task(
+        batcher.deliver(deliveries("private-chat-c1", "first"), None, queued.set)
+    )
+    await until(queued.is_set)  # in line, lingering for company
+    big = [Delivery("private-chat-c1", "new-message", {"label": "big"})]
+    big += [Delivery(f"private-user-u{i}", "new-message", {"n": i}) for i in range(11)]
+    second = asyncio.create_task(batcher.deliver(big))
+    await until(lambda: len(client.started) == 1)
+    assert client.started == [['{"label":"first"}']]
+    for _ in range(20):  # give the big one every chance to (wrongly) start
+        await asyncio.sleep(0)
+    assert client.planned == []  # it waits while private-chat-c1 is in a running call
+    client.finish[0].set()
+    await first
+    assert await second == 2
+    assert [p.triggers for p in client.planned] == [10, 2]

@@ -2,11 +2,12 @@
 
 Deliveries go out in ``batch_events`` calls of up to ten Pusher events. A message's
 deliveries always travel in one call when they fit, so a failed call never leaves a message
-half-delivered; one with more than ten goes out on its own, planned by
-``worker.soketi.api.plan_requests``. An ordered channel (``handlers.ordering``) is never
-carried by two calls at once, and its deliveries go out in the order they were handed
-over, so many calls in flight never reorder a conversation; messages on other channels go
-past one that waits. This is the only way the worker triggers events.
+half-delivered; one with more than ten waits in the same line and goes out in calls of its
+own, planned by ``worker.soketi.api.plan_requests``. An ordered channel (a lane's own
+channel, ``handlers.ordering``) is never carried by two calls at once, and its deliveries go
+out in the order they were handed over, so many calls in flight never reorder a
+conversation or an order; messages on other channels go past one that waits. This is the
+only way the worker triggers events.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from handlers.model import Delivery
 from handlers.ordering import is_ordered_channel
 from worker.errors import PermanentError
-from worker.soketi.api import Limits, batch_entries, plan_requests
+from worker.soketi.api import Limits, Planned, batch_entries, plan_requests
 from worker.soketi.client import SoketiClient
 
 
@@ -33,6 +34,8 @@ class _Waiting:
     future: asyncio.Future[None]
     ordered: frozenset[str]
     since: float
+    #: A message too big for one call goes out alone, in these calls (empty: it shares one).
+    planned: tuple[Planned, ...] = ()
 
 
 class TriggerBatcher:
@@ -79,37 +82,25 @@ class TriggerBatcher:
         socket_id: str | None = None,
         queued: Callable[[], None] | None = None,
     ) -> int:
-        """Trigger one message's deliveries, batched with other messages'; return 1.
+        """Trigger one message's deliveries; return how many calls carried them alone (1 when
+        they shared a call with other messages).
 
         ``queued`` is called as soon as the deliveries are in line: later ``deliver`` calls
         cannot overtake them on an ordered channel.
         """
         entries = batch_entries(deliveries, socket_id, self._client.limits)
-        if len(entries) > self._max_batch:
-            return await self._deliver_alone(deliveries, socket_id, queued)
+        planned: tuple[Planned, ...] = ()
+        if len(entries) > self._max_batch:  # its own calls, in line like any other message
+            planned = tuple(plan_requests(deliveries, socket_id, self._client.limits))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         ordered = frozenset(c for e in entries if self._ordered(c := str(e["channel"])))
-        self._waiting.append(_Waiting(entries, future, ordered, loop.time()))
+        self._waiting.append(_Waiting(entries, future, ordered, loop.time(), planned))
         if queued is not None:
             queued()
         self._pump()
         await future
-        return 1
-
-    async def _deliver_alone(
-        self,
-        deliveries: Sequence[Delivery],
-        socket_id: str | None,
-        queued: Callable[[], None] | None,
-    ) -> int:
-        """A message too big for one call: its own calls, in order; return how many."""
-        planned = plan_requests(deliveries, socket_id, self._client.limits)
-        for call in planned:
-            await self._client.send(call)
-        if queued is not None:  # accepted by Soketi: nothing later can overtake it now
-            queued()
-        return len(planned)
+        return max(len(planned), 1)
 
     def _pump(self) -> None:
         """Start every call that may start now; arm the linger timer for what stays."""
@@ -140,6 +131,8 @@ class TriggerBatcher:
             if waiting.ordered & blocked:
                 blocked |= waiting.ordered  # nobody behind it on those channels overtakes
                 continue
+            if waiting.planned:  # too big to share: a call of its own, next in line
+                return (call, True, oldest) if call else ([waiting], True, waiting.since)
             if count + len(waiting.entries) > self._max_batch:
                 return call, True, oldest
             call.append(waiting)
@@ -164,6 +157,9 @@ class TriggerBatcher:
         self._pump()
 
     async def _send(self, call: list[_Waiting]) -> None:
+        if len(call) == 1 and call[0].planned:
+            await self._send_planned(call[0])
+            return
         try:
             await self._client.send_batch([e for w in call for e in w.entries])
         except PermanentError as error:
@@ -178,6 +174,18 @@ class TriggerBatcher:
                 raise
         else:
             _resolve(call, None)
+
+    async def _send_planned(self, waiting: _Waiting) -> None:
+        """A message too big for one call: its planned calls, one after the other."""
+        try:
+            for planned in waiting.planned:
+                await self._client.send(planned)
+        except BaseException as error:  # handed to the message's own settle
+            _resolve([waiting], error)
+            if isinstance(error, asyncio.CancelledError):
+                raise
+        else:
+            _resolve([waiting], None)
 
     async def _send_alone(self, waiting: _Waiting) -> None:
         try:
