@@ -2,29 +2,46 @@
 
 ::
 
-    tokens     verify_token(token, secret) -> Subject | raise Unauthenticated   (401)
+    subject    Subject, Authenticator (the protocol), Unauthenticated (401), AuthUnavailable (503)
+    tokens     verify_token(token, secret, rules) -> Subject                 (AUTH_MODE=jwt)
+    jwt_auth   JwtAuthenticator: a Bearer header, else each AUTH_COOKIE_NAME cookie
+    forward    ForwardAuthenticator: asks AUTH_FORWARD_URL with the browser's cookie
+    cache      SubjectCache: the backend's answers for a few seconds    (AUTH_MODE=forward)
     policy     decide(subject, channel, facts) -> Decision                      (403)
                load_facts(parse_channel(name), AccessStore) -> Facts            (MongoDB)
-    endpoints  POST /pusher/auth, POST /pusher/user-auth; ChannelGuard for reuse
+    guard      ChannelGuard: authenticate, then decide; shared by every endpoint
+    endpoints  POST /pusher/auth, POST /pusher/user-auth
 
-``guard(ctx)`` is built once and shared (the history endpoint reads with it);
-``routes(ctx, guard)`` are the two sign-in endpoints.
+``setup(ctx)`` builds one authenticator and one guard per process (the history endpoint and
+the console's admin API use the same guard) and returns the two sign-in routes and, in
+forward mode, the task that closes the backend HTTP session when the worker stops.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
 
 from handlers.channels import parse_channel
-from worker.web.auth.endpoints import ChannelGuard, Verdict, build
+from worker.config import Settings
+from worker.web.auth.cache import SubjectCache
+from worker.web.auth.endpoints import build
+from worker.web.auth.forward import ForwardAuthenticator, ForwardRules, path_of
+from worker.web.auth.guard import ChannelGuard, Verdict
+from worker.web.auth.jwt_auth import JwtAuthenticator
 from worker.web.auth.policy import Decision, Facts, OrderParties, decide, load_facts
-from worker.web.auth.tokens import Subject, Unauthenticated, verify_token
-from worker.web.context import WebContext
+from worker.web.auth.subject import Authenticator, AuthUnavailable, Subject, Unauthenticated
+from worker.web.auth.tokens import JwtRules, verify_token
+from worker.web.context import Task, WebContext
 
 log = structlog.get_logger("fanout")
 
 __all__ = [
+    "Auth",
+    "AuthUnavailable",
+    "Authenticator",
     "ChannelGuard",
     "Decision",
     "Facts",
@@ -32,12 +49,12 @@ __all__ = [
     "Subject",
     "Unauthenticated",
     "Verdict",
+    "authenticator",
     "decide",
-    "guard",
     "jwt_secret",
     "load_facts",
     "parse_channel",
-    "routes",
+    "setup",
     "verify_token",
 ]
 
@@ -46,37 +63,70 @@ __all__ = [
 MIN_SECRET_BYTES = 32
 
 
-def jwt_secret(ctx: WebContext) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The authorization side of one process: its guard (``None``: answering 503), the two
+    sign-in routes, and its background tasks."""
+
+    guard: ChannelGuard | None
+    routes: list[web.RouteDef]
+    tasks: list[Task]
+
+
+def jwt_secret(settings: Settings) -> str | None:
     """``AUTH_JWT_SECRET``, or ``None`` when unset or empty (an empty key would sign anything)."""
-    secret = ctx.settings.auth_jwt_secret
+    secret = settings.auth_jwt_secret
     value = "" if secret is None else secret.get_secret_value()
     return value or None
 
 
-def guard(ctx: WebContext) -> ChannelGuard | None:
-    """A guard for other endpoints (history), or ``None`` when AUTH_JWT_SECRET is not set."""
-    secret = jwt_secret(ctx)
+def authenticator(settings: Settings) -> JwtAuthenticator | ForwardAuthenticator | None:
+    """The authenticator ``AUTH_MODE`` asks for, or ``None`` (with a warning) when its secret
+    or URL is not set: the endpoints then answer 503, never allow."""
+    if settings.auth_mode == "forward":
+        if settings.auth_forward_url is None:
+            log.warning("auth.disabled", detail="AUTH_FORWARD_URL is not set: auth answers 503")
+            return None
+        rules = ForwardRules(
+            url=settings.auth_forward_url,
+            id_path=path_of(settings.auth_forward_id_path),
+            role_path=path_of(settings.auth_forward_role_path),
+            roles=dict(settings.auth_role_map),
+            cookies=frozenset(settings.auth_forward_cookies),
+            timeout_s=settings.auth_forward_timeout_s,
+        )
+        cache = SubjectCache(settings.auth_forward_cache_ttl_s, settings.auth_forward_cache_size)
+        return ForwardAuthenticator(rules, cache)
+    secret = jwt_secret(settings)
     if secret is None:
+        log.warning("auth.disabled", detail="AUTH_JWT_SECRET is not set: auth answers 503")
         return None
-    return ChannelGuard(secret, ctx.settings.auth_cookie_name, ctx.access)
-
-
-def routes(ctx: WebContext, channel_guard: ChannelGuard | None) -> list[web.RouteDef]:
-    """``POST /pusher/auth`` and ``POST /pusher/user-auth``."""
-    settings = ctx.settings
-    secret = jwt_secret(ctx)
-    if secret is None:
-        log.warning("auth.disabled", detail="AUTH_JWT_SECRET is not set: auth endpoints answer 503")
-    elif len(secret.encode()) < MIN_SECRET_BYTES:
+    if len(secret.encode()) < MIN_SECRET_BYTES:
         log.warning("auth.weak_secret", detail=f"AUTH_JWT_SECRET is under {MIN_SECRET_BYTES} bytes")
+    rules_ = JwtRules(
+        id_claim=settings.auth_jwt_id_claim,
+        role_claim=settings.auth_jwt_role_claim,
+        roles=dict(settings.auth_role_map),
+        max_age_s=settings.auth_jwt_max_age_s,
+    )
+    return JwtAuthenticator(secret, rules_, settings.auth_cookie_name)
+
+
+def setup(ctx: WebContext) -> Auth:
+    """One guard for the process, ``POST /pusher/auth`` and ``POST /pusher/user-auth``."""
+    settings = ctx.settings
+    found = authenticator(settings)
+    guard = None if found is None else ChannelGuard(found, ctx.access)
     endpoints = build(
-        guard=channel_guard,
+        guard=guard,
         app_id=settings.soketi_app_id,
         key=settings.soketi_app_key,
         soketi_secret=settings.soketi_app_secret.get_secret_value(),
         metrics=ctx.metrics,
     )
-    return [
+    routes = [
         web.post("/pusher/auth", endpoints.channel),
         web.post("/pusher/user-auth", endpoints.user),
     ]
+    tasks: list[Task] = [found.run] if isinstance(found, ForwardAuthenticator) else []
+    return Auth(guard, routes, tasks)

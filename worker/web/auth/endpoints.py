@@ -2,10 +2,13 @@
 
 Every answer is JSON. In order of the checks::
 
-    503 {"error": "auth_disabled"}       AUTH_JWT_SECRET is not set
+    503 {"error": "auth_disabled"}       AUTH_JWT_SECRET (jwt) or AUTH_FORWARD_URL (forward)
+                                         is not set
     400 {"error": "invalid_body" | "body_too_large" | "invalid_socket_id"
                   | "missing_channel_name"}
-    401 {"error": "missing_token" | "token_expired" | "bad_signature" | ...}
+    401 {"error": "missing_token" | "token_expired" | "bad_signature" | "not_signed_in" | ...}
+    503 {"error": "auth_unreachable" | "auth_backend_error" | "auth_backend_invalid"}
+                                         the backend could not say who calls (forward)
     503 {"error": "store_unavailable"}   MongoDB did not answer (chat and order channels)
     403 {"error": "not_your_channel" | "not_a_member" | "unknown_channel" | ...}
     200 {"auth": "key:signature"}        (user-auth adds "user_data")
@@ -24,12 +27,9 @@ import structlog
 from aiohttp import web
 from pusher.authentication_client import AuthenticationClient
 
-from handlers.channels import parse_channel
 from schemas.base import SOCKET_ID_PATTERN
-from worker.errors import StoreUnavailable
 from worker.metrics import Metrics
-from worker.web.auth.policy import AccessLookups, decide, load_facts
-from worker.web.auth.tokens import Subject, Unauthenticated, verify_token
+from worker.web.auth.guard import ChannelGuard, Verdict
 
 log = structlog.get_logger("fanout")
 
@@ -46,64 +46,6 @@ class BadRequest(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """How one request for a channel was answered: HTTP status, reason, and who asked."""
-
-    status: int
-    reason: str
-    subject: Subject | None = None
-
-    @property
-    def outcome(self) -> str:
-        """The metric's ``outcome`` label for this verdict."""
-        return _OUTCOMES.get(self.status, "unavailable")
-
-
-_OUTCOMES: Final = {200: "allowed", 400: "invalid", 401: "unauthenticated", 403: "forbidden"}
-
-
-class ChannelGuard:
-    """Authenticates a request (Bearer header or cookie) and decides a channel for it.
-
-    The history endpoint authorizes reads with it exactly as a subscription is authorized.
-    """
-
-    def __init__(self, secret: str, cookie_name: str | None, lookups: AccessLookups) -> None:
-        self._secret = secret
-        self._cookie_name = cookie_name
-        self._lookups = lookups
-
-    def subject(self, request: web.Request) -> Subject:
-        """The caller of ``request``, or raise ``Unauthenticated``."""
-        return verify_token(self._token(request), self._secret)
-
-    async def check(self, request: web.Request, channel: str) -> Verdict:
-        """200, 401, 403 or 503 (MongoDB down) for ``channel`` asked by ``request``'s caller."""
-        try:
-            subject = self.subject(request)
-        except Unauthenticated as error:
-            return Verdict(401, error.reason)
-        ref = parse_channel(channel)
-        try:
-            facts = await load_facts(ref, self._lookups)
-        except StoreUnavailable:
-            return Verdict(503, "store_unavailable", subject)
-        decision = decide(subject, channel, facts)
-        return Verdict(200 if decision.allowed else 403, decision.reason, subject)
-
-    def _token(self, request: web.Request) -> str:
-        header = request.headers.get("Authorization")
-        if header is not None:
-            scheme, _, token = header.strip().partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("malformed_authorization")
-            return token.strip()
-        if self._cookie_name:
-            return request.cookies.get(self._cookie_name, "")
-        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +89,9 @@ class AuthEndpoints:
             socket_id = _socket_id(await read_fields(request))
         except BadRequest as error:
             return Verdict(400, error.reason), {}
-        try:
-            subject = self.guard.subject(request)
-        except Unauthenticated as error:
-            return Verdict(401, error.reason), {}
+        subject = await self.guard.identify(request)
+        if isinstance(subject, Verdict):
+            return subject, {}
         user_data = {"id": subject.id, "user_info": {"role": subject.role}}
         body = self.signer.authenticate_user(socket_id=socket_id, user_data=user_data)
         return Verdict(200, "allowed", subject), body

@@ -10,6 +10,7 @@ channel                        allowed
 ``private-user-{id}``          role ``user`` or ``admin`` with that id
 ``private-seller-{id}``        role ``seller`` with that id
 ``private-admin``              role ``admin``
+``private-cache-admin-stats``  role ``admin``
 ``private-chat-{id}``          any subject whose id is among the members
 ``private-order-{id}``         its customer (``user``), one of its shops
                                (``seller``), or any ``admin``
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from handlers.channels import PUBLIC, ChannelRef, parse_channel
-from worker.web.auth.tokens import Subject
+from worker.web.auth.subject import Subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,8 @@ def decide(subject: Subject, channel: str, facts: Facts) -> Decision:
     if ref is None:
         return Decision(False, "unknown_channel")
     if ref.kind == "admin":
+        return _when(subject.role == "admin", "admin_only")
+    if ref.kind == "admin_stats":  # private-cache-admin-stats: the admins' live figures
         return _when(subject.role == "admin", "admin_only")
     if ref.kind == "user":
         # Contract section 5: "role user or admin with that id" - an admin's own channel only.

@@ -1,47 +1,56 @@
 """Who is calling: the subject of an HS256 JWT (contract section 5), or ``Unauthenticated``.
 
 Only HS256 is accepted, so ``alg: none`` and RS256/HS256 key confusion are refused before
-any claim is read; ``exp``, ``sub`` and ``role`` are required; ``sub`` must be an id a
-channel name may carry. Reasons are short machine codes and never quote the token.
+any claim is read. The id and role claims are required (``sub`` and ``role`` unless
+``JwtRules`` names others); the id must be an id a channel name may carry; the role is
+read through the role mapping. ``exp`` is required unless ``JwtRules.max_age_s`` is set:
+then a token without ``exp`` is accepted while its ``iat`` is that recent. Reasons are short
+machine codes and never quote the token.
 """
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Final, Literal, cast
+from dataclasses import dataclass, field
+from typing import Final
 
 import jwt
 
-from schemas.base import ID_PATTERN
+from worker.web.auth.subject import (
+    IDENTITY_ROLES,
+    ROLES,
+    Role,
+    Subject,
+    Unauthenticated,
+    subject_of,
+)
 
-Role = Literal["user", "seller", "admin"]
-ROLES: Final = frozenset({"user", "seller", "admin"})
+__all__ = ["ROLES", "JwtRules", "Role", "Subject", "Unauthenticated", "verify_token"]
+
 ALGORITHMS: Final = ("HS256",)
 LEEWAY_S: Final = 10.0
 #: Longer tokens are refused unread: a real one is a few hundred bytes.
 MAX_TOKEN_CHARS: Final = 4096
 
-_ID = re.compile(ID_PATTERN)
-_REQUIRED: Final = ["exp", "sub", "role"]
-
 
 @dataclass(frozen=True, slots=True)
-class Subject:
-    """The caller: an account id (a shop's ``_id`` for a seller) and its role."""
+class JwtRules:
+    """How to read a token's claims: which names, which roles, how old without ``exp``."""
 
-    id: str
-    role: Role
+    id_claim: str = "sub"
+    role_claim: str = "role"
+    roles: Mapping[str, Role] = field(default_factory=lambda: dict(IDENTITY_ROLES))
+    #: ``None``: ``exp`` is required. Else a token without ``exp`` lives this long after ``iat``.
+    max_age_s: float | None = None
+
+    def required(self) -> list[str]:
+        """The claims a token must carry."""
+        claims = [self.id_claim, self.role_claim]
+        return claims if self.max_age_s is not None else [*claims, "exp"]
 
 
-class Unauthenticated(Exception):
-    """No valid token; ``reason`` is a short machine code safe to show the caller."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
+DEFAULT_RULES: Final = JwtRules()
 
 # Most specific first: several of these subclass each other.
 _REASONS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
@@ -56,7 +65,7 @@ _REASONS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
 )
 
 
-def verify_token(token: str, secret: str) -> Subject:
+def verify_token(token: str, secret: str, rules: JwtRules = DEFAULT_RULES) -> Subject:
     """The subject of ``token`` signed with ``secret`` (HS256), or raise ``Unauthenticated``.
 
     ``exp``, ``nbf`` and ``iat`` get ``LEEWAY_S`` of tolerance for clock skew.
@@ -72,11 +81,23 @@ def verify_token(token: str, secret: str) -> Subject:
             algorithms=list(ALGORITHMS),
             leeway=LEEWAY_S,
             # No audience is configured: the secret is shared only with the backend.
-            options={"require": _REQUIRED, "verify_aud": False},
+            options={"require": rules.required(), "verify_aud": False},
         )
     except jwt.PyJWTError as error:
         raise Unauthenticated(_reason(error)) from None
-    return _subject(claims)
+    if "exp" not in claims and rules.max_age_s is not None:
+        _check_age(claims.get("iat"), rules.max_age_s)
+    return subject_of(claims.get(rules.id_claim), claims.get(rules.role_claim), rules.roles)
+
+
+def _check_age(issued_at: object, max_age_s: float) -> None:
+    """A token without ``exp`` must say when it was issued, no longer than ``max_age_s`` ago."""
+    if issued_at is None:
+        raise Unauthenticated("missing_claim")
+    if isinstance(issued_at, bool) or not isinstance(issued_at, int | float):
+        raise Unauthenticated("malformed_token")
+    if time.time() - issued_at > max_age_s + LEEWAY_S:
+        raise Unauthenticated("token_expired")
 
 
 def _reason(error: jwt.PyJWTError) -> str:
@@ -84,12 +105,3 @@ def _reason(error: jwt.PyJWTError) -> str:
         if isinstance(error, kind):
             return reason
     return "invalid_token"
-
-
-def _subject(claims: Mapping[str, object]) -> Subject:
-    sub, role = claims.get("sub"), claims.get("role")
-    if not isinstance(sub, str) or _ID.fullmatch(sub) is None:
-        raise Unauthenticated("invalid_subject")
-    if not isinstance(role, str) or role not in ROLES:
-        raise Unauthenticated("invalid_role")
-    return Subject(id=sub, role=cast(Role, role))

@@ -12,7 +12,10 @@
     POST /console/api/dlq/purge     the same selections
     POST /console/api/publish       {"type": T, "data": {...}}: validated, then published
 
-Every ``/console/api/`` call needs an admin token (``Authorization: Bearer``); each
+Every ``/console/api/`` call needs an admin, authenticated exactly as ``/pusher/auth``
+authenticates (``worker.web.auth``: a Bearer token, a cookie, or the backend's answer in
+forward mode); a POST must carry a JSON body (``Content-Type: application/json``), which a
+cross-site form cannot send, so a session cookie alone never triggers an action. Each
 operator action is logged with the operator's subject (``console.operator_action``).
 The live panes use the normal ``/pusher/auth`` and history endpoints with their own tokens.
 """
@@ -95,10 +98,10 @@ def selection_of(body: Mapping[str, Any]) -> dlq.Selection:
 class Console:
     """The console's handlers for one worker process."""
 
-    def __init__(self, ctx: WebContext, sampler: Sampler) -> None:
+    def __init__(self, ctx: WebContext, sampler: Sampler, guard: auth.ChannelGuard | None) -> None:
         self._ctx = ctx
         self._sampler = sampler
-        self._secret = auth.jwt_secret(ctx)
+        self._guard = guard
         # basic.get browsing holds messages unacked: one DLQ operation at a time.
         self._dlq_lock = asyncio.Lock()
         self._html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
@@ -135,7 +138,7 @@ class Console:
                 "wsHost": settings.soketi_host,
                 "wsPort": settings.soketi_port,
                 "forceTLS": settings.soketi_use_tls,
-                "authEnabled": self._secret is not None,
+                "authEnabled": self._guard is not None,
             },
             headers=_NO_STORE,
         )
@@ -148,7 +151,9 @@ class Console:
         async def view(request: web.Request) -> web.StreamResponse:
             operator = None
             try:
-                operator = self._operator(request)
+                operator = await self._operator(request)
+                if request.method != "GET" and request.content_type != "application/json":
+                    raise ApiError(415, "json_required", "send Content-Type: application/json")
                 result = await handler(request, operator)
             except ApiError as error:
                 if request.method != "GET":
@@ -165,20 +170,19 @@ class Console:
 
         return view
 
-    def _operator(self, request: web.Request) -> str:
-        if self._secret is None:
-            raise ApiError(503, "auth_disabled", "AUTH_JWT_SECRET is not set")
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "missing_token")
+    async def _operator(self, request: web.Request) -> str:
+        if self._guard is None:
+            raise ApiError(503, "auth_disabled", "AUTH_JWT_SECRET or AUTH_FORWARD_URL is not set")
         try:
-            subject = auth.verify_token(token.strip(), self._secret)
+            subjects = await self._guard.subjects(request)
         except auth.Unauthenticated as error:
             raise ApiError(401, error.reason) from None
-        if subject.role != "admin":
+        except auth.AuthUnavailable as error:
+            raise ApiError(503, error.reason) from None
+        admin = next((subject for subject in subjects if subject.role == "admin"), None)
+        if admin is None:
             raise ApiError(403, "admin_only")
-        return subject.id
+        return admin.id
 
     async def ops(self, _: web.Request, __: str) -> dict[str, Any]:
         """Throughput and outcomes over the last minutes, event age, circuits, queues."""
@@ -289,10 +293,12 @@ def _page_headers(html: str) -> dict[str, str]:
     return _NO_STORE | {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff"}
 
 
-def setup(ctx: WebContext) -> tuple[list[web.RouteDef], list[Task]]:
-    """The console's routes and its metrics sampler."""
+def setup(
+    ctx: WebContext, guard: auth.ChannelGuard | None
+) -> tuple[list[web.RouteDef], list[Task]]:
+    """The console's routes and its metrics sampler; ``guard`` authenticates its admins."""
     sampler = Sampler(ctx.metrics)
-    console = Console(ctx, sampler)
+    console = Console(ctx, sampler, guard)
     routes = [
         web.get("/console", console.page),
         web.get("/console/", console.page),
