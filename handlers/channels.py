@@ -15,6 +15,8 @@ from typing import Final, Literal
 from schemas.base import ID_PATTERN
 
 PRIVATE_ADMIN = "private-admin"
+#: Admin live stats: a Pusher cache channel, so Soketi replays the last figures on subscribe.
+ADMIN_STATS: Final = "private-cache-admin-stats"
 PUBLIC = "public"
 USER_PREFIX: Final = "private-user-"
 SELLER_PREFIX: Final = "private-seller-"
@@ -26,7 +28,7 @@ PERSONAL_PREFIXES: Final = (USER_PREFIX, SELLER_PREFIX)
 _ID = re.compile(ID_PATTERN)
 
 #: The kinds of channel a name can be read as.
-Kind = Literal["user", "seller", "admin", "chat", "order"]
+Kind = Literal["user", "seller", "admin", "chat", "order", "admin_stats"]
 
 _ID_BODY: Final = ID_PATTERN.removeprefix("^").removesuffix("$")
 # One exact shape per kind; ``fullmatch`` means nothing may precede or follow the id.
@@ -50,6 +52,8 @@ def parse_channel(name: str) -> ChannelRef | None:
     """The exact reading of ``name``, or ``None`` for ``public`` and anything unknown."""
     if name == PRIVATE_ADMIN:
         return ChannelRef("admin", "")
+    if name == ADMIN_STATS:
+        return ChannelRef("admin_stats", "")
     for kind, pattern in _PATTERNS:
         match = pattern.fullmatch(name)
         if match is not None:
@@ -81,11 +85,6 @@ def private_seller(shop_id: str) -> str:
 def private_chat(conversation_id: str) -> str:
     """A conversation's channel: ``private-chat-{id}``."""
     return f"{CHAT_PREFIX}{_checked(conversation_id)}"
-
-
-def is_chat(channel: str) -> bool:
-    """Whether ``channel`` is a conversation's (whose events must keep publish order)."""
-    return channel.startswith(CHAT_PREFIX)
 
 
 def private_order(order_id: str) -> str:

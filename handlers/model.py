@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,7 +21,10 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """A user (collection ``users``) or a shop (collection ``shops``) as the worker sees it."""
+    """A user (collection ``users``) or a shop (collection ``shops``) as the worker sees it.
+
+    ``avatar`` is what a front end puts into ``src``: a file name or URL, never an object.
+    """
 
     id: str
     name: str | None
@@ -32,7 +35,7 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class Product:
-    """A product (collection ``products``): name, owning shop and first image."""
+    """A product (collection ``products``): name, owning shop and its first image's ``src``."""
 
     id: str
     name: str | None
@@ -55,6 +58,10 @@ class Store(Protocol):
 
     def products(self, ids: Collection[str]) -> Awaitable[Mapping[str, Product]]: ...
 
+    def conversations_of(
+        self, member_ids: Collection[str], limit: int
+    ) -> Awaitable[Sequence[str]]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class NoLookups:
@@ -69,6 +76,14 @@ class AccountLookups:
     """One account (user or shop) an event names; ``None`` when MongoDB has no such document."""
 
     account: Account | None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceLookups:
+    """The account whose presence changed, and its conversations (ids, most recent first)."""
+
+    account: Account | None
+    conversations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,11 +30,13 @@ async def load_order_created(event: OrderCreated, store: Store) -> OrderLookups:
 
 
 def decide_order_created(event: OrderCreated, found: OrderLookups) -> list[Delivery]:
-    """``new-order`` to each shop (its items only), ``order-update`` to the customer and
-    ``new-order`` to the admins."""
+    """``new-order`` to each shop (its items only), ``order-update`` to the customer and to
+    the order's channel, ``new-order`` to the admins."""
     data = event.data
     customer_name = found.customer.name if found.customer else None
     stamps = {"eventId": event.id, "timestamp": event.timestamp_ms}
+    # The fields of every ``order-update``, as the seed names them; none known yet.
+    placed = {"status": "placed", "message": None, "estimatedDelivery": None}
     by_shop: dict[str, list[OrderItem]] = {}
     for item in data.items:
         by_shop.setdefault(item.shop_id, []).append(item)
@@ -59,18 +61,24 @@ def decide_order_created(event: OrderCreated, found: OrderLookups) -> list[Deliv
         "order-update",
         {
             "orderId": data.order_id,
-            "status": "placed",
+            **placed,
             "totalPrice": data.total_price,
             "currency": data.currency,
             **stamps,
         },
+    )
+    # Its shops read it too: no total, no items (a shop sees only its own, on its channel).
+    order = Delivery(
+        channels.private_order(data.order_id),
+        "order-update",
+        {"orderId": data.order_id, "customerId": data.customer_id, **placed, **stamps},
     )
     admin = Delivery(
         channels.PRIVATE_ADMIN,
         "new-order",
         payload(event, customerName=customer_name, items=_enriched(data.items, found.products)),
     )
-    return [*sellers, customer, admin]
+    return [*sellers, customer, order, admin]
 
 
 def decide_order_status_changed(event: OrderStatusChanged, _: NoLookups) -> list[Delivery]:
@@ -87,12 +95,14 @@ def decide_order_status_changed(event: OrderStatusChanged, _: NoLookups) -> list
 
 
 def decide_payment_received(event: PaymentReceived, _: NoLookups) -> list[Delivery]:
-    """``payment-received`` to each shop once, to the customer and to the admins."""
+    """``payment-received`` to each shop once, to the customer, the order's channel and the
+    admins."""
     data = event.data
     body = payload(event)
     targets = (
         *(channels.private_seller(shop_id) for shop_id in _unique(data.shop_ids)),
         channels.private_user(data.customer_id),
+        channels.private_order(data.order_id),
         channels.PRIVATE_ADMIN,
     )
     return [Delivery(channel, "payment-received", body) for channel in targets]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field
 
 from schemas.base import EnvelopeFields, Id, Model
 from schemas.fields import AccountType, Content, PassThrough
@@ -18,7 +20,12 @@ class MessageCreatedData(Model):
     recipient_id: Id
     recipient_type: AccountType
     content: Content
-    kind: Literal["text", "image", "file"] = "text"
+    #: What the message carries, as the seed's ``new-message`` names it. ``kind``, its name
+    #: in contract v1.0, is still read (deprecated); payloads carry ``type`` only.
+    type: Annotated[
+        Literal["text", "image", "file"],
+        Field(alias="type", validation_alias=AliasChoices("type", "kind")),
+    ] = "text"
     attachment_url: PassThrough | None = None
 
 

@@ -204,7 +204,7 @@ async def test_retried_event_reuses_its_cursor(
         history = fanout.db.fanout_history
 
         async def recorded() -> bool:
-            return await history.count_documents({"eventId": retried["id"]}) == 3
+            return await history.count_documents({"eventId": retried["id"]}) == 4
 
         await until(recorded)
         await soketi_proxy.wait_rejected(soketi_proxy.rejected + 3, timeout_s=30)
@@ -218,6 +218,7 @@ async def test_retried_event_reuses_its_cursor(
         by_channel = {doc["channel"]: doc["cursor"] for doc in stored}
         assert by_channel == {
             "private-admin": format_cursor(2),
+            "private-order-o1": format_cursor(1),
             "private-seller-shopA": format_cursor(1),
             "private-user-u2": format_cursor(1),
         }
@@ -228,7 +229,12 @@ async def test_retried_event_reuses_its_cursor(
             counters = await fanout.db.fanout_cursors.find().sort("_id").to_list(None)
             return [(c["_id"], c["seq"]) for c in counters]
 
-        expected = [("private-admin", 2), ("private-seller-shopA", 1), ("private-user-u2", 1)]
+        expected = [
+            ("private-admin", 2),
+            ("private-order-o1", 1),
+            ("private-seller-shopA", 1),
+            ("private-user-u2", 1),
+        ]
         await until(lambda: _equals(floors(), expected))
         # Not looked up on its first delivery (nothing can be recorded yet), on each retry yes
         # (how many retries the outage took depends on timing).

@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 
 from devtools.devstack import SoketiServer
+from handlers.ordering import lane_of
+from schemas import EVENT_TYPES
 from tests.conftest import Names
 from tests.integration.harness import Fanout, running_worker
+from worker.events import LANE
 
 NODE_DIR = Path(__file__).parents[2] / "clients" / "node"
 NODE = shutil.which("node")
@@ -122,3 +125,64 @@ async def test_event_published_from_node_reaches_a_websocket_subscriber(
     assert received.data["email"] == "meera@example.in"
     await fanout.wait_settled(1, "delivered")
     assert fanout.settled("dead_lettered") == 0
+
+
+#: Data that names both kinds of lane, and odd values, under every catalogue type.
+LANE_DATA: list[Any] = [
+    {"conversationId": "c1", "orderId": "o1", "userId": "u1"},
+    {"orderId": "o2"},
+    {"conversationId": "c3"},
+    {"conversationId": "", "orderId": 7},
+    ["o1"],
+    None,
+]
+
+
+async def test_node_computes_the_same_lane_as_the_worker() -> None:
+    """clients/node's ``laneOf`` and ``handlers.ordering.lane_of`` agree on every event type."""
+    cases = [{"type": t, "data": d} for t in sorted(EVENT_TYPES) for d in LANE_DATA]
+    cases += [{"type": None, "data": {"orderId": "o1"}}, {"type": "nope.never", "data": {}}]
+    script = (
+        'import { laneOf } from "./src/index.js";'
+        "const cases = JSON.parse(process.env.CASES);"
+        "console.log(JSON.stringify(cases.map((c) => laneOf(c) ?? null)));"
+    )
+    assert NODE is not None
+    code, out, err = await _run(
+        NODE, "--input-type=module", "-e", script, env={"CASES": json.dumps(cases)}
+    )
+    assert code == 0, err
+    expected = [lane_of(c["type"], c["data"]) for c in cases]
+    assert json.loads(out) == expected
+    assert {"o1", "o2", "c1", "c3"} <= set(expected)  # both kinds of lane were exercised
+
+
+async def test_an_order_event_from_node_carries_its_lane_header(
+    fanout: Fanout, rabbitmq_url: str, names: Names
+) -> None:
+    """order.status_changed published by the Node module reaches the broker with
+    ``fanout-lane`` = its orderId, so sharded workers keep the order's events in one shard."""
+    channel = await fanout.connection.channel()
+    tap = await channel.declare_queue(names.queue_named("tap"), durable=False, auto_delete=True)
+    await tap.bind(fanout.settings.events_exchange, routing_key="order.#")
+    data = {"orderId": "o-node-1", "customerId": "u1", "shopId": "s1", "status": "Shipping"}
+    assert NODE is not None
+    code, out, err = await _run(
+        NODE,
+        "examples/publish-one.js",
+        env={
+            "AMQP_URL": rabbitmq_url,
+            "EXCHANGE": fanout.settings.events_exchange,
+            "TYPE": "order.status_changed",
+            "DATA": json.dumps(data),
+        },
+        timeout_s=60,
+    )
+    assert code == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    async with asyncio.timeout(20):
+        async with tap.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                break
+    assert message.routing_key == "order.status_changed"
+    assert (message.headers or {}).get(LANE) == "o-node-1"

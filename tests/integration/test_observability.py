@@ -96,9 +96,9 @@ async def test_metrics_count_what_happened(fanout: Fanout) -> None:
     )
     assert s(f"{p}processing_seconds_count", event_type="user.registered") == 3
     assert s(f"{p}event_age_seconds_count") == 3
-    # 2 new-user events + payment.received to 2 sellers, the customer and admins: 6 Pusher
-    # events, in 1 to 3 calls depending on how the batcher coalesced them.
-    assert s(f"{p}triggers_per_request_sum") == 1 + 1 + 4
+    # 2 new-user events + payment.received to 2 sellers, the customer, the order and admins:
+    # 7 Pusher events, in 1 to 3 calls depending on how the batcher coalesced them.
+    assert s(f"{p}triggers_per_request_sum") == 1 + 1 + 5
     assert 1 <= s(f"{p}triggers_per_request_count") <= 3
     assert s(f"{p}soketi_responses_total", status_class="2xx") == s(
         f"{p}triggers_per_request_count"

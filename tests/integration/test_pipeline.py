@@ -80,11 +80,13 @@ def _by_channel(sub: PusherSubscriber) -> dict[str, list[tuple[str, Any]]]:
 
 
 async def test_order_created_splits_items_per_shop(fanout: Fanout) -> None:
-    """order.created reaches each seller with only its items, the customer and the admins."""
+    """order.created reaches each seller with only its items, the customer, the order's
+    channel and the admins."""
     sub = await fanout.subscriber(
         f"private-seller-{SHOP_A}",
         f"private-seller-{SHOP_B}",
         f"private-user-{CUSTOMER_ID}",
+        "private-order-ord1",
         "private-admin",
     )
     items = [
@@ -103,7 +105,7 @@ async def test_order_created_splits_items_per_shop(fanout: Fanout) -> None:
         },
     )
     await fanout.publish(env)
-    await _received(sub, 4)
+    await _received(sub, 5)
     got = _by_channel(sub)
     ts = got["private-admin"][0][1]["timestamp"]
     enriched = {
@@ -148,8 +150,24 @@ async def test_order_created_splits_items_per_shop(fanout: Fanout) -> None:
             {
                 "orderId": "ord1",
                 "status": "placed",
+                "message": None,
+                "estimatedDelivery": None,
                 "totalPrice": 1030.5,
                 "currency": "INR",
+                "eventId": env["id"],
+                "timestamp": ts,
+            },
+        )
+    ]
+    assert got["private-order-ord1"] == [
+        (
+            "order-update",
+            {
+                "orderId": "ord1",
+                "customerId": CUSTOMER_ID,
+                "status": "placed",
+                "message": None,
+                "estimatedDelivery": None,
                 "eventId": env["id"],
                 "timestamp": ts,
             },
@@ -185,7 +203,7 @@ CATALOGUE: list[tuple[str, dict[str, Any], list[tuple[str, str]], dict[str, Any]
             "content": "Is it fresh?",
         },
         [("private-chat-c1", "new-message"), (f"private-seller-{SHOP_A}", "new-message")],
-        {"kind": "text", "attachmentUrl": None, "senderName": "Aarav", "senderAvatar": "a.png"},
+        {"type": "text", "attachmentUrl": None, "senderName": "Aarav", "senderAvatar": "a.png"},
     ),
     (
         "typing.started",
@@ -225,6 +243,7 @@ CATALOGUE: list[tuple[str, dict[str, Any], list[tuple[str, str]], dict[str, Any]
             (f"private-seller-{SHOP_A}", "payment-received"),
             (f"private-seller-{SHOP_B}", "payment-received"),
             ("private-user-u2", "payment-received"),
+            ("private-order-ord9", "payment-received"),
             ("private-admin", "payment-received"),
         ],
         {},

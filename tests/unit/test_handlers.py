@@ -15,6 +15,7 @@ from handlers.model import (
     AccountLookups,
     Delivery,
     NoLookups,
+    PresenceLookups,
     Product,
     ProductLookups,
 )
@@ -32,6 +33,8 @@ SPICE_SHOP = Account("s1", "Spice Shop", avatar="spice.png")
 PEPPER = Product("p1", "Pepper", "sA", "pepper.jpg")
 SAFFRON = Product("p2", "Saffron", "sB", None)
 NOTHING_FOUND = AccountLookups(None)
+#: The fields every ``order-update`` of a new order carries besides its id (seed section 5.2).
+PLACED = {"status": "placed", "message": None, "estimatedDelivery": None}
 
 
 def make(event_type: str, data: Mapping[str, Any]) -> Event:
@@ -62,7 +65,7 @@ MESSAGE = {
 }
 MESSAGE_BODY = {
     **MESSAGE,
-    "kind": "text",
+    "type": "text",
     "attachmentUrl": None,
     "senderName": "Asha",
     "senderAvatar": "asha.png",
@@ -76,7 +79,7 @@ REPLY = {
     "recipientId": "u1",
     "recipientType": "user",
     "content": "",
-    "kind": "image",
+    "type": "image",
     "attachmentUrl": "https://cdn.example.com/a.jpg",
 }
 REPLY_BODY = {**REPLY, "senderName": None, "senderAvatar": None, **STAMPS}
@@ -149,8 +152,9 @@ ORDER_EXPECTED = [
     (
         "private-user-u1",
         "order-update",
-        {"orderId": "o1", "status": "placed", "totalPrice": 29.25, "currency": "INR", **STAMPS},
+        {"orderId": "o1", **PLACED, "totalPrice": 29.25, "currency": "INR", **STAMPS},
     ),
+    ("private-order-o1", "order-update", {"orderId": "o1", "customerId": "u1", **PLACED, **STAMPS}),
     (
         "private-admin",
         "new-order",
@@ -207,8 +211,9 @@ INT_ORDER_EXPECTED = [
     (
         "private-user-u9",
         "order-update",
-        {"orderId": "o2", "status": "placed", "totalPrice": 10, "currency": None, **STAMPS},
+        {"orderId": "o2", **PLACED, "totalPrice": 10, "currency": None, **STAMPS},
     ),
+    ("private-order-o2", "order-update", {"orderId": "o2", "customerId": "u9", **PLACED, **STAMPS}),
     (
         "private-admin",
         "new-order",
@@ -302,6 +307,7 @@ CASES = [
             ("private-seller-sB", "payment-received", PAYMENT_BODY),
             ("private-seller-sA", "payment-received", PAYMENT_BODY),
             ("private-user-u1", "payment-received", PAYMENT_BODY),
+            ("private-order-o1", "payment-received", PAYMENT_BODY),
             ("private-admin", "payment-received", PAYMENT_BODY),
         ],
         id="payment.received-shops-deduplicated",
@@ -428,7 +434,7 @@ CASES = [
     ),
     pytest.param(
         make("presence.online", {"subjectId": "u1", "subjectType": "user"}),
-        AccountLookups(ASHA),
+        PresenceLookups(ASHA),
         [
             (
                 "private-admin",
@@ -440,7 +446,7 @@ CASES = [
     ),
     pytest.param(
         make("presence.offline", {"subjectId": "s404", "subjectType": "seller"}),
-        NOTHING_FOUND,
+        PresenceLookups(None),
         [
             (
                 "private-admin",
@@ -562,6 +568,10 @@ class FakeStore:
         self.calls.append(("products", tuple(ids)))
         return {i: self._products[i] for i in ids if i in self._products}
 
+    async def conversations_of(self, member_ids: Collection[str], limit: int) -> tuple[str, ...]:
+        self.calls.append(("conversations", tuple(member_ids)))
+        return ()
+
 
 STORE_CONTENTS = {"users": [ASHA], "shops": [SPICE_SHOP], "products": [PEPPER, SAFFRON]}
 # p1 ordered twice: load still asks for it once.
@@ -629,14 +639,14 @@ REPEATED_PRODUCT_ORDER = {
         ),
         pytest.param(
             make("presence.online", {"subjectId": "u1", "subjectType": "user"}),
-            [("users", ("u1",))],
-            AccountLookups(ASHA),
+            [("conversations", ("u1",)), ("users", ("u1",))],
+            PresenceLookups(ASHA),
             id="presence.online-user",
         ),
         pytest.param(
             make("presence.offline", {"subjectId": "s1", "subjectType": "seller"}),
-            [("shops", ("s1",))],
-            AccountLookups(SPICE_SHOP),
+            [("conversations", ("s1",)), ("shops", ("s1",))],
+            PresenceLookups(SPICE_SHOP),
             id="presence.offline-seller",
         ),
     ],
@@ -668,3 +678,12 @@ async def test_events_without_enrichment_never_touch_the_store(event: Event) -> 
     assert found is NO_LOOKUPS
     assert isinstance(found, NoLookups)
     assert store.calls == []
+
+
+def test_message_kind_of_contract_v1_0_is_read_as_type() -> None:
+    """A publisher still sending ``kind`` gets its value in the payload's ``type``, and no
+    ``kind`` key reaches a browser."""
+    event = make("message.created", {**MESSAGE, "kind": "file"})
+    for delivery in route(event).decide(event, AccountLookups(ASHA)):
+        assert delivery.payload["type"] == "file"
+        assert "kind" not in delivery.payload

@@ -184,6 +184,7 @@ def item(**changes: Any) -> dict[str, Any]:
         with_data("payment.received", shopIds="s1"),
         with_data("message.created", senderType="admin"),
         with_data("message.created", kind="video"),
+        with_data("message.created", type="video"),
         with_data("message.created", content="x" * 200_001),
         with_data("message.created", content=5),
         with_data("order.status_changed", status=""),
@@ -259,7 +260,7 @@ def test_optional_fields_take_their_defaults() -> None:
     """Omitted optional fields are filled with the contract's defaults or ``None``."""
     message = parse_event(orjson.dumps(envelope("message.created")))
     assert isinstance(message, MessageCreated)
-    assert (message.data.kind, message.data.attachment_url) == ("text", None)
+    assert (message.data.type, message.data.attachment_url) == ("text", None)
     assert (message.socket_id, message.version, message.source, message.correlation_id) == (
         None,
         1,

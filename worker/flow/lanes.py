@@ -1,10 +1,10 @@
 """Keyed lanes: messages that share a key reach each ordered step in arrival order.
 
-A chat's events (``message.created``, ``typing.*``) all go to one ``private-chat-{id}``
-channel, and subscribers must see them in publish order even though the worker handles
-hundreds of messages at once. Holding a lock per conversation for a message's whole
-processing would keep order, but it serialises every MongoDB round trip of a conversation
-and caps a busy chat at a few dozen messages a second. So only the two steps where order
+A lane (``handlers.ordering``: a conversation's events, or one order's) must reach
+subscribers in publish order even though the worker handles hundreds of messages at once.
+Holding a lock per lane for a message's whole processing would keep order, but it
+serialises every MongoDB round trip of a lane and caps a busy chat at a few dozen messages
+a second. So only the two steps where order
 shows are ordered:
 
 - ``NUMBER``: taking history cursors, so a channel's cursors follow publish order;

@@ -192,8 +192,3 @@ class MongoGateway:
             await self.db.command("ping")
         except PyMongoError as error:
             raise StoreUnavailable(f"MongoDB unreachable: {type(error).__name__}") from error
-
-
-def text_or_none(value: object) -> str | None:
-    """A stored value as a string (ids, names), ``None`` when absent."""
-    return None if value is None else str(value)

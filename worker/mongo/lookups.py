@@ -11,7 +11,8 @@ from collections.abc import Collection, Mapping
 
 from handlers.model import Account, Product
 from worker.mongo.coalesce import Answer, Coalescer
-from worker.mongo.gateway import Document, MongoGateway, text_or_none
+from worker.mongo.gateway import Document, MongoGateway, id_forms
+from worker.mongo.values import first_image, id_text, image_src, text
 
 
 class MongoStore:
@@ -35,6 +36,23 @@ class MongoStore:
         """Products by id (``name``, ``shopId``, first of ``images``); joins at once."""
         return self._products.ask(ids)
 
+    async def conversations_of(self, member_ids: Collection[str], limit: int) -> tuple[str, ...]:
+        """Ids of the conversations any of ``member_ids`` is in, last updated first, at most
+        ``limit`` (``{"members": {"$in": ids}}``, as the backend lists an inbox)."""
+        if not member_ids or limit <= 0:
+            return ()
+        # An array field matches when any element equals any value (string or ObjectId form).
+        filter_ = {"members": {"$in": id_forms(member_ids)}}
+        docs = await self._gateway.find(
+            "conversations",
+            filter_,
+            {"_id": 1},
+            operation="find conversations of",
+            sort=(("updatedAt", -1), ("_id", -1)),
+            limit=limit,
+        )
+        return tuple(found for doc in docs if (found := id_text(doc.get("_id"))) is not None)
+
     async def _find_users(self, ids: list[str]) -> Mapping[str, Account]:
         docs = await self._gateway.find_by_ids("users", ids, ("name", "email", "avatar", "role"))
         return {key: _account(key, doc) for key, doc in docs.items()}
@@ -48,9 +66,9 @@ class MongoStore:
         return {
             key: Product(
                 id=key,
-                name=text_or_none(doc.get("name")),
-                shop_id=text_or_none(doc.get("shopId")),
-                image=_first_image(doc.get("images")),
+                name=text(doc.get("name")),
+                shop_id=id_text(doc.get("shopId")),
+                image=first_image(doc.get("images")),
             )
             for key, doc in docs.items()
         }
@@ -59,14 +77,8 @@ class MongoStore:
 def _account(key: str, doc: Document) -> Account:
     return Account(
         id=key,
-        name=text_or_none(doc.get("name")),
-        avatar=text_or_none(doc.get("avatar")),
-        email=text_or_none(doc.get("email")),
-        role=text_or_none(doc.get("role")),
+        name=text(doc.get("name")),
+        avatar=image_src(doc.get("avatar")),
+        email=text(doc.get("email")),
+        role=text(doc.get("role")),
     )
-
-
-def _first_image(images: object) -> str | None:
-    if isinstance(images, list) and images:
-        return text_or_none(images[0])
-    return None

@@ -102,3 +102,8 @@ export function buildEnvelope<D = Record<string, unknown>>(
 ): Envelope<EventType, D>;
 export function validateEnvelope<E extends Envelope<string, unknown>>(envelope: E): E;
 export function newEventId(): string;
+/**
+ * The `fanout-lane` header of an envelope: `data.conversationId` of `message.*`/`typing.*`,
+ * `data.orderId` of `order.*`/`payment.*`; undefined for other events.
+ */
+export function laneOf(envelope: Envelope<string, unknown>): string | undefined;

@@ -90,6 +90,27 @@ function extra(error) {
   return "";
 }
 
+/**
+ * Lanes, as the worker's handlers/ordering.py defines them: the events of one conversation,
+ * and those of one order, keep their publish order; the data field names the lane.
+ */
+const LANES = [
+  { families: ["message.", "typing."], key: "conversationId" },
+  { families: ["order.", "payment."], key: "orderId" },
+];
+
+/**
+ * The lane of an envelope (the `fanout-lane` header), or undefined when it has none: the
+ * conversation of `message.*`/`typing.*` events, the order of `order.*`/`payment.*` events.
+ */
+export function laneOf(envelope) {
+  const type = envelope?.type;
+  if (typeof type !== "string") return undefined;
+  const lane = LANES.find(({ families }) => families.some((family) => type.startsWith(family)));
+  const key = lane === undefined ? undefined : envelope.data?.[lane.key];
+  return typeof key === "string" && key !== "" ? key : undefined;
+}
+
 /** A fresh event id: a UUID v4 without dashes (32 hex chars). */
 export function newEventId() {
   return randomUUID().replaceAll("-", "");
@@ -166,16 +187,12 @@ export function createPublisher({
     return opening;
   }
 
-  function laneOf(envelope) {
-    const chat = envelope.type.startsWith("message.") || envelope.type.startsWith("typing.");
-    return chat ? envelope.data.conversationId : undefined;
-  }
-
   async function publish(type, data, options = {}) {
     if (closed) throw new Error("publisher is closed");
     const envelope = buildEnvelope(type, data, { ...options, source: options.source ?? source });
     const { channel, returned } = await (current ?? open());
     const body = Buffer.from(JSON.stringify(envelope), "utf8");
+    const lane = laneOf(envelope);
     await new Promise((resolve, reject) => {
       const timer = setTimeout(
         () => reject(new PublishFailed("timeout", envelope)),
@@ -203,8 +220,9 @@ export function createPublisher({
             type,
             mandatory,
             ...(source ? { appId: source } : {}),
-            // Chat events carry their conversation so a sharded worker fleet keeps it in order.
-            ...(laneOf(envelope) ? { headers: { "fanout-lane": laneOf(envelope) } } : {}),
+            // A conversation's or an order's events carry its id, so a sharded worker
+            // fleet keeps them in one shard, in order.
+            ...(lane !== undefined ? { headers: { "fanout-lane": lane } } : {}),
           },
           settle,
         );

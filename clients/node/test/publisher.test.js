@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { EventEmitter } from "node:events";
 import { describe, it } from "node:test";
 
-import { EnvelopeInvalid, PublishFailed, createPublisher } from "../src/index.js";
+import { EnvelopeInvalid, PublishFailed, createPublisher, laneOf } from "../src/index.js";
 
 /** A stand-in for amqplib's connect/ConfirmChannel that records calls. */
 function fakeAmqp({ onPublish = (_msg, confirm) => confirm(null) } = {}) {
@@ -87,13 +87,28 @@ describe("createPublisher", () => {
     assert.equal(fake.calls.closed, 1);
   });
 
-  it("sets the fanout-lane header to the conversation on chat events only", async () => {
+  it("sets the fanout-lane header to the conversation or the order, and nothing else", async () => {
     const fake = fakeAmqp();
     const publisher = createPublisher({ url: URL_, connect: fake.connect });
     await publisher.publish("typing.started", { conversationId: "c9", userId: "u1", userType: "user" });
+    await publisher.publish("order.status_changed", {
+      orderId: "o7",
+      customerId: "u1",
+      shopId: "s1",
+      status: "Shipping",
+    });
+    await publisher.publish("payment.received", {
+      orderId: "o7",
+      paymentId: "pay1",
+      customerId: "u1",
+      shopIds: ["s1"],
+      amount: 10,
+    });
     await publisher.publish("user.registered", { userId: "u1" });
-    const [chat, other] = fake.calls.published;
+    const [chat, status, payment, other] = fake.calls.published;
     assert.deepEqual(chat.options.headers, { "fanout-lane": "c9" });
+    assert.deepEqual(status.options.headers, { "fanout-lane": "o7" });
+    assert.deepEqual(payment.options.headers, { "fanout-lane": "o7" });
     assert.equal(other.options.headers, undefined);
     await publisher.close();
   });
@@ -176,5 +191,26 @@ describe("createPublisher", () => {
     await publisher.close();
     await assert.rejects(publisher.publish("user.registered", { userId: "u1" }), /closed/);
     assert.equal(fake.calls.connect, 0);
+  });
+});
+
+describe("laneOf", () => {
+  it("reads the lane as the worker does: conversation, order, or none", () => {
+    const cases = [
+      [{ type: "message.created", data: { conversationId: "c1", orderId: "o1" } }, "c1"],
+      [{ type: "typing.stopped", data: { conversationId: "c2" } }, "c2"],
+      [{ type: "order.created", data: { orderId: "o1", conversationId: "c1" } }, "o1"],
+      [{ type: "order.status_changed", data: { orderId: "o2" } }, "o2"],
+      [{ type: "payment.received", data: { orderId: "o3" } }, "o3"],
+      [{ type: "user.registered", data: { userId: "u1", orderId: "o1" } }, undefined],
+      [{ type: "order.created", data: { orderId: "" } }, undefined],
+      [{ type: "order.created", data: { orderId: 7 } }, undefined],
+      [{ type: "order.created", data: null }, undefined],
+      [{ type: 3, data: { orderId: "o1" } }, undefined],
+      [null, undefined],
+    ];
+    for (const [envelope, lane] of cases) {
+      assert.equal(laneOf(envelope), lane, JSON.stringify(envelope));
+    }
   });
 });
