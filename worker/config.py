@@ -3,12 +3,68 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Literal, NoReturn, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Env-var names are the field names upper-cased (pydantic-settings' default, case-insensitive).
+
+# -- browser authorization and CORS: parsing helpers (worker/web/auth/, worker/web/cors.py) --
+
+#: The roles a subject may have (contract section 5).
+AuthRole = Literal["user", "seller", "admin"]
+#: AUTH_ROLE_MAP's default: the three roles, spelled as the contract spells them.
+DEFAULT_ROLE_MAP: dict[str, AuthRole] = {"user": "user", "seller": "seller", "admin": "admin"}
+
+
+def _comma_list(value: object) -> object:
+    """``a, b,,c`` -> ``("a", "b", "c")``; ``None`` -> ``()``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _role_map(value: object) -> object:
+    """``Admin:admin,user:user`` -> ``{"Admin": "admin", "user": "user"}``."""
+    if not isinstance(value, str):
+        return value
+    pairs = [part.strip() for part in value.split(",") if part.strip()]
+    found: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, role = pair.rpartition(":")
+        if not sep or not name.strip():
+            raise ValueError("expects name:role pairs separated by commas")
+        found[name.strip()] = role.strip()
+    if not found:
+        raise ValueError("needs at least one name:role pair")
+    return found
+
+
+def _origins(value: object) -> object:
+    """Origins as browsers send them: ``scheme://host[:port]``, lower-case, no slash."""
+    value = _comma_list(value)
+    if not isinstance(value, tuple):
+        return value
+    origins = []
+    for origin in value:
+        origin = str(origin).rstrip("/").lower()
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ValueError("expects origins like https://shop.example.com (no path, no *)")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _optional_url(value: object) -> object:
+    """An http(s) URL, or ``None`` when unset or empty."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ValueError("expects an http:// or https:// URL")
+    return value
 
 
 class BrokerSettings(BaseSettings):
@@ -79,7 +135,33 @@ class Settings(BrokerSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     http_host: str = "0.0.0.0"  # a container's port must be reachable
     auth_jwt_secret: SecretStr | None = None
-    auth_cookie_name: str | None = None
+    # Comma-separated; every cookie listed is tried in order (jwt mode).
+    auth_cookie_name: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)] = ()
+
+    # -- browser authorization modes and CORS (worker/web/auth/, worker/web/cors.py) --
+    # jwt: verify the backend's HS256 token (AUTH_JWT_*); forward: ask the backend who the
+    # caller is (AUTH_FORWARD_*). Unset secret or URL: the endpoints answer 503.
+    auth_mode: Literal["jwt", "forward"] = "jwt"
+    auth_jwt_id_claim: str = Field(default="sub", min_length=1)
+    auth_jwt_role_claim: str = Field(default="role", min_length=1)
+    # A token without exp is accepted while its iat is this recent; unset: exp is required.
+    auth_jwt_max_age_s: float | None = Field(default=None, gt=0)
+    # The backend's role names -> the contract's roles; a role not listed is refused (401).
+    auth_role_map: Annotated[dict[str, AuthRole], NoDecode, BeforeValidator(_role_map)] = Field(
+        default_factory=lambda: dict(DEFAULT_ROLE_MAP)
+    )
+    auth_forward_url: Annotated[str | None, BeforeValidator(_optional_url)] = None
+    auth_forward_id_path: str = Field(default="user._id", min_length=1)
+    auth_forward_role_path: str = Field(default="userType", min_length=1)
+    # Only these cookies are forwarded (comma-separated); empty: the whole Cookie header.
+    auth_forward_cookies: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_list)] = ()
+    auth_forward_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    # How long one session's answer is reused; 0 asks the backend on every request.
+    auth_forward_cache_ttl_s: float = Field(default=10.0, ge=0, le=300)
+    auth_forward_cache_size: int = Field(default=10_000, ge=1)
+    # Empty: no CORS headers at all (same-site deployments need none).
+    cors_allowed_origins: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origins)] = ()
+    cors_max_age_s: int = Field(default=600, ge=0, le=86_400)
 
     # -- operations --
     prefetch_count: int = Field(default=200, ge=1, le=65535)
@@ -100,6 +182,9 @@ class Settings(BrokerSettings):
     queue_sample_interval_s: float = Field(default=10.0, gt=0)
     # 0 turns the loop off (the test harness does, so unrelated tests see no extra calls).
     presence_reconcile_s: float = Field(default=60.0, ge=0)
+    # A vacated personal channel counts as offline only if still unoccupied after this
+    # long (a page reload reconnects within it); 0 = at once (still checked with Soketi).
+    presence_grace_s: float = Field(default=3.0, ge=0, le=300)
     stats_interval_s: float = Field(default=5.0, ge=0)
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")

@@ -1,4 +1,4 @@
-"""Pure tests of webhook checks, personal-channel parsing, drift, presence ids and stats rates."""
+"""Pure tests of webhook checks, personal-channel parsing, drift, presence ids and stats figures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from worker.mongo.presence import PresenceState
-from worker.web.presence import (
+from worker.mongo.stats import WorkerReport
+from worker.web.presence_rules import (
     MAX_AGE_MS,
     Change,
     PersonalAccount,
@@ -25,7 +26,7 @@ from worker.web.presence import (
     subject_of_key,
     verify,
 )
-from worker.web.stats import EventRates
+from worker.web.stats import EventRates, fleet_payload
 
 KEY, SECRET = "app-key", "app-secret"
 NOW_MS = 1_800_000_000_000
@@ -249,3 +250,41 @@ def test_event_rates_count_the_last_minute() -> None:
     # At t=66 the start (t=0) and t=5 samples left the window; t=30 is the baseline.
     assert rates.observe(66, {"order.created": 9, "user.registered": 1}) == {"order.created": 4}
     assert rates.observe(200, {"order.created": 9, "user.registered": 1}) == {}
+
+
+def _report(
+    instance: str, age_s: float, per_minute: dict[str, int], dlq: int | None
+) -> WorkerReport:
+    return WorkerReport(instance, AT - timedelta(seconds=age_s), per_minute, dlq)
+
+
+def test_fleet_figures_sum_every_fresh_report() -> None:
+    """Rates add up across workers, the newest DLQ sample wins, and online splits by type."""
+    reports = [
+        _report("a", 2, {"order.created": 3, "user.registered": 1}, 4),
+        _report("b", 1, {"order.created": 2}, None),
+        _report("c", 0, {"message.created": 0}, 5),
+    ]
+    payload = fleet_payload(reports, {"user": 7, "seller": 2}, NOW_MS)
+    assert payload == {
+        "accountsOnline": 9,
+        "customersOnline": 7,
+        "sellersOnline": 2,
+        "eventsPerMinute": {"order.created": 5, "user.registered": 1},
+        "dlqDepth": 5,
+        "workers": 3,
+        "timestamp": NOW_MS,
+    }
+
+
+def test_fleet_figures_before_any_sample() -> None:
+    """No report sampled the DLQ yet: dlqDepth is null; nobody online: zeros."""
+    payload = fleet_payload([_report("a", 0, {}, None)], {}, NOW_MS)
+    assert payload["dlqDepth"] is None
+    assert (payload["accountsOnline"], payload["customersOnline"], payload["sellersOnline"]) == (
+        0,
+        0,
+        0,
+    )
+    assert payload["eventsPerMinute"] == {}
+    assert payload["workers"] == 1

@@ -31,6 +31,7 @@ from worker.mongo.history import HistoryLog
 from worker.mongo.lookups import MongoStore
 from worker.mongo.presence import PresenceStore
 from worker.mongo.processed import ProcessedLog
+from worker.mongo.stats import StatsStore
 from worker.retry import RetryPolicy
 from worker.soketi.batcher import TriggerBatcher
 from worker.soketi.client import SoketiClient
@@ -57,6 +58,7 @@ class Mongo:
     history: HistoryLog
     presence: PresenceStore
     access: AccessStore
+    stats: StatsStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ async def open_mongo(
         history=HistoryLog(gateway, settings.history_retention_h * 3600, ttl_index=ttl),
         presence=PresenceStore(gateway),
         access=AccessStore(gateway),
+        stats=StatsStore(gateway),
     )
     try:
         await mongo.processed.ensure_indexes()
@@ -223,4 +226,5 @@ def web_context(
         access=mongo.access,
         presence=mongo.presence,
         history=mongo.history,
+        stats=mongo.stats,
     )

@@ -2,7 +2,8 @@
 
 A document is ``{_id: "user:{id}" | "seller:{id}", online, since}``; ``since`` is the
 state's version: a change names the state it replaces, so of two concurrent changes from
-the same state only one is stored.
+the same state only one is stored. Counting online accounts per type reads a range of
+``_id`` (the type is its prefix), which the ``_id`` index serves.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pymongo.errors import PyMongoError
 from worker.mongo.gateway import DUPLICATE_KEY, Document, MongoGateway
 
 PRESENCE: Final = "fanout_presence"
+#: The account types a presence document's ``_id`` starts with.
+ACCOUNT_TYPES: Final = ("user", "seller")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,20 @@ class PresenceStore:
             return int(await collection.count_documents({"online": True}))
 
         return await self._gateway.run("presence count", query)
+
+    async def count_online_by_type(self) -> dict[str, int]:
+        """How many accounts are stored as online, per type: ``{"user": n, "seller": m}``."""
+        collection = self._gateway.db[PRESENCE]
+
+        async def query() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for kind in ACCOUNT_TYPES:
+                # ``_id`` is ``{type}:{id}``: a range on the index, not a scan (";" follows ":").
+                ids = {"$gte": f"{kind}:", "$lt": f"{kind};"}
+                counts[kind] = int(await collection.count_documents({"_id": ids, "online": True}))
+            return counts
+
+        return await self._gateway.run("presence count by type", query)
 
 
 def _state(doc: Document) -> PresenceState:

@@ -136,6 +136,11 @@ class SoketiClient:
         channels = answer.get("channels") if isinstance(answer, dict) else None
         return set(channels) if isinstance(channels, dict) else set()
 
+    async def channel_occupied(self, channel: str) -> bool:
+        """Whether ``channel`` has a subscriber now (signed ``GET /channels/{channel}``)."""
+        answer = await self.call("GET", f"/apps/{self._creds.app_id}/channels/{channel}", b"")
+        return isinstance(answer, dict) and answer.get("occupied") is True
+
     def _observe(self, status: int, started: float) -> None:
         if self._on_response is not None:
             self._on_response(status, time.perf_counter() - started)

@@ -17,6 +17,7 @@ from worker.metrics import Metrics
 from worker.mongo.access import AccessStore
 from worker.mongo.history import HistoryLog
 from worker.mongo.presence import PresenceStore
+from worker.mongo.stats import StatsStore
 from worker.soketi.batcher import TriggerBatcher
 from worker.soketi.client import SoketiClient
 
@@ -38,4 +39,6 @@ class WebContext:
     events: AbstractExchange
     access: AccessStore
     presence: PresenceStore
+    #: The fleet's stats reports and the sender's lease (``fanout_stats``).
+    stats: StatsStore
     history: HistoryLog

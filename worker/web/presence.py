@@ -1,233 +1,103 @@
 """Presence: Soketi's signed webhooks and a periodic reconciliation turn personal channels
 into ``presence.online`` / ``presence.offline`` events (contract sections 3 and 6).
 
-``POST /webhooks/soketi`` checks ``X-Pusher-Key`` and ``X-Pusher-Signature`` (hex
-HMAC-SHA256 of the raw body with the app secret) and ``time_ms`` (older than 5 minutes, more
-than one minute ahead, or a body already seen: refused like a forged one), then applies
-``channel_occupied`` / ``channel_vacated`` of ``private-user-{id}`` / ``private-seller-{id}``.
+``POST /webhooks/soketi`` is verified by ``worker.web.presence_rules`` (key, signature,
+``time_ms`` window, replays), then each ``channel_occupied`` / ``channel_vacated`` of a
+personal channel is applied, one account at a time (a FIFO lock per account), webhooks older
+than the newest already seen for that account ignored:
+
+- occupied: online at once; an offline still held for the account is cancelled;
+- vacated: held for ``PRESENCE_GRACE_S``, then offline only if Soketi still reports the
+  channel unoccupied (a signed ``GET /channels/{name}``). A page reload reconnects within the
+  grace and changes nothing; with a grace of 0 the check is made at once. Asking Soketi is
+  what makes a quick reconnect safe whatever order its two webhooks arrive in, on this
+  worker or on another replica.
 
 A change is stored in ``fanout_presence`` and published to the events exchange, so it flows
-through the normal pipeline to ``private-admin``. It is published first and stored second:
-its envelope id is derived from the state it replaces, so any repeat of the same change (a
-lost store write, two replicas, the reconciler racing a webhook) is the same id and the
-worker's duplicate suppression delivers it once. Soketi sends each webhook once and never
-retries, so every ``PRESENCE_RECONCILE_S`` the occupied channels Soketi reports are compared
-with the stored state and the drift is fixed both ways.
+through the normal pipeline (``handlers.accounts``). It is published first and stored
+second: its envelope id is derived from the state it replaces, so any repeat of the same
+change (a lost store write, two replicas, the reconciler racing a webhook) is the same id
+and the worker's duplicate suppression delivers it once. Soketi sends each webhook once and
+never retries, so every ``PRESENCE_RECONCILE_S`` the occupied channels Soketi reports are
+compared with the stored state and the drift is fixed both ways (offlines through the grace).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import contextlib
 import time
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Literal
 
-import orjson
 import structlog
 from aiohttp import web
 
-from handlers.channels import PERSONAL_PREFIXES, parse_channel
-from schemas import Event
-from worker.events import message_of, parse
-from worker.mongo.presence import PresenceState
+from handlers.channels import PERSONAL_PREFIXES
+from worker.events import message_of
 from worker.web.context import WebContext
+from worker.web.presence_rules import (
+    Change,
+    Pending,
+    Recency,
+    Rejected,
+    ReplayGuard,
+    changes_of,
+    drift,
+    event_of,
+    subject_of,
+    to_ms,
+    verify,
+)
 
 log = structlog.get_logger("fanout")
 
 WEBHOOK_PATH = "/webhooks/soketi"
-MAX_AGE_MS = 5 * 60 * 1000
-MAX_AHEAD_MS = 60 * 1000
-OCCUPIED = "channel_occupied"
-VACATED = "channel_vacated"
-
-AccountType = Literal["user", "seller"]
-WebhookOutcome = Literal["accepted", "forged", "stale", "invalid"]
 
 
-@dataclass(frozen=True, slots=True)
-class PersonalAccount:
-    """An account with a personal channel."""
-
-    type: AccountType
-    id: str
-
-    @property
-    def key(self) -> str:
-        """The ``fanout_presence`` document id, ``user:{id}`` or ``seller:{id}``."""
-        return f"{self.type}:{self.id}"
-
-
-def subject_of(channel: str) -> PersonalAccount | None:
-    """The account whose personal channel ``channel`` is, by exact name; else ``None``."""
-    ref = parse_channel(channel)
-    if ref is None or ref.kind not in ("user", "seller"):
-        return None
-    kind: AccountType = "user" if ref.kind == "user" else "seller"
-    return PersonalAccount(kind, ref.id)
-
-
-def subject_of_key(key: str) -> PersonalAccount | None:
-    """The inverse of ``PersonalAccount.key``; ``None`` for anything else."""
-    kind, _, account_id = key.partition(":")
-    if kind not in ("user", "seller"):
-        return None
-    return subject_of(f"private-{kind}-{account_id}")
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """An account going online or offline at ``at``."""
-
-    subject: PersonalAccount
-    online: bool
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Webhook:
-    """A verified webhook: when Soketi sent it, and its ``(name, channel)`` events."""
-
-    time_ms: int
-    events: tuple[tuple[str, str], ...]
-
-
-class Rejected(Exception):
-    """A webhook refused with ``status``; ``outcome`` is its metric label."""
-
-    def __init__(self, outcome: WebhookOutcome, status: int, message: str) -> None:
-        super().__init__(message)
-        self.outcome: WebhookOutcome = outcome
-        self.status = status
-
-
-def signature_of(secret: str, body: bytes) -> str:
-    """Soketi's ``X-Pusher-Signature``: hex HMAC-SHA256 of the raw body."""
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify(
-    body: bytes, key: str | None, signature: str | None, *, app_key: str, secret: str, now_ms: int
-) -> Webhook:
-    """Authenticate and parse one webhook, or raise ``Rejected`` saying why."""
-    expected = signature_of(secret, body).encode()
-    given_key = (key or "").encode("utf-8", "surrogateescape")
-    given_signature = (signature or "").encode("utf-8", "surrogateescape")
-    # Both compared in full, in constant time, so neither reveals which one was wrong.
-    key_ok = hmac.compare_digest(given_key, app_key.encode())
-    if not (hmac.compare_digest(given_signature, expected) and key_ok):
-        raise Rejected("forged", 401, "bad key or signature")
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise Rejected("invalid", 400, "body is not JSON") from None
-    webhook = _shape(parsed)
-    if webhook.time_ms < now_ms - MAX_AGE_MS or webhook.time_ms > now_ms + MAX_AHEAD_MS:
-        raise Rejected("stale", 401, "time_ms outside the accepted window")
-    return webhook
-
-
-def _shape(parsed: object) -> Webhook:
-    if not isinstance(parsed, dict):
-        raise Rejected("invalid", 400, "body is not a JSON object")
-    time_ms, events = parsed.get("time_ms"), parsed.get("events")
-    if not isinstance(time_ms, int) or isinstance(time_ms, bool) or not isinstance(events, list):
-        raise Rejected("invalid", 400, "needs integer time_ms and an events list")
-    pairs = []
-    for event in events:
-        if not isinstance(event, dict):
-            raise Rejected("invalid", 400, "each event must be an object")
-        name, channel = event.get("name"), event.get("channel")
-        if isinstance(name, str) and isinstance(channel, str):
-            pairs.append((name, channel))
-    return Webhook(time_ms, tuple(pairs))
-
-
-def changes_of(webhook: Webhook) -> list[Change]:
-    """The presence changes a webhook reports, in order; other events and channels are ignored."""
-    at = datetime.fromtimestamp(webhook.time_ms / 1000, UTC)
-    found = []
-    for name, channel in webhook.events:
-        subject = subject_of(channel)
-        if subject is not None and name in (OCCUPIED, VACATED):
-            found.append(Change(subject, name == OCCUPIED, at))
-    return found
-
-
-def drift(
-    occupied: Collection[str], stored: Mapping[str, PresenceState], *, at: datetime
-) -> list[Change]:
-    """What must change so the stored state matches Soketi's ``occupied`` channels.
-
-    ``stored`` holds the states of every account online in the store or occupied in
-    Soketi. States changed at or after ``at`` (when Soketi was asked) are newer than the
-    answer and are left alone.
-    """
-    subjects = {s.key: s for s in filter(None, map(subject_of, occupied))}
-    changes = []
-    for key, subject in sorted(subjects.items()):
-        state = stored.get(key)
-        if state is None or (not state.online and state.since < at):
-            changes.append(Change(subject, True, at))
-    for key, state in sorted(stored.items()):
-        gone = subject_of_key(key)
-        if gone is not None and state.online and key not in subjects and state.since < at:
-            changes.append(Change(gone, False, at))
-    return changes
-
-
-def event_of(change: Change, previous: PresenceState | None) -> Event:
-    """The ``presence.*`` envelope of ``change``; its id names the state it replaces."""
-    kind = "presence.online" if change.online else "presence.offline"
-    replaced = "never" if previous is None else str(_ms(previous.since))
-    digest = hashlib.sha256(f"{change.subject.key}|{kind}|{replaced}".encode()).hexdigest()
-    envelope = {
-        "id": f"presence-{digest[:32]}",
-        "type": kind,
-        "occurredAt": change.at.isoformat(timespec="milliseconds"),
-        "data": {"subjectId": change.subject.id, "subjectType": change.subject.type},
-        "source": "bazaar-fanout",
-    }
-    return parse(orjson.dumps(envelope))
-
-
-def _ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
-
-
-def _to_ms(at: datetime) -> datetime:
-    """``at`` truncated to milliseconds, as BSON stores it (compare-and-set compares it)."""
-    return at.replace(microsecond=at.microsecond // 1000 * 1000)
-
-
-class ReplayGuard:
-    """Signatures of webhooks accepted in the last ``MAX_AGE_MS``, to refuse a replayed body."""
+class KeyedLocks:
+    """One FIFO lock per key, kept only while someone holds or waits for it."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, int] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    def first_time(self, signature: str, time_ms: int, now_ms: int) -> bool:
-        """Remember ``signature``; say whether it was new."""
-        horizon = now_ms - MAX_AGE_MS
-        for old in [s for s, at in self._seen.items() if at < horizon]:
-            del self._seen[old]
-        if signature in self._seen:
-            return False
-        self._seen[signature] = time_ms
-        return True
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        """Hold ``key``'s lock for the ``async with`` block."""
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class Presence:
     """Applies presence changes: store, publish, and keep ``accounts_online`` current."""
 
-    def __init__(self, ctx: WebContext, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        ctx: WebContext,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ctx = ctx
         self._store = ctx.presence
         self._clock = clock
+        self._monotonic = monotonic
         self._replays = ReplayGuard()
+        self._locks = KeyedLocks()
+        self._recency = Recency()
+        self._pending = Pending()
+        self._wake = asyncio.Event()
 
     async def webhook(self, request: web.Request) -> web.Response:
         """``POST /webhooks/soketi``: verify, then apply each presence change in order."""
@@ -253,16 +123,44 @@ class Presence:
         self._ctx.metrics.webhooks.labels(outcome="accepted").inc()
         changes = changes_of(webhook)
         try:
-            applied = [await self.apply(change) for change in changes]
+            applied = [await self.receive(change, webhook.time_ms) for change in changes]
             await self._count()
         except Exception as error:  # Soketi never retries: log; reconcile repairs
             log.warning("fanout.presence_failed", error=f"{type(error).__name__}: {error}")
             return web.json_response({"error": "presence not stored"}, status=503)
         return web.json_response({"changes": len(changes), "applied": sum(applied)})
 
+    async def receive(self, change: Change, time_ms: int) -> bool:
+        """Apply one webhook's change in its account's turn; say whether it was stored now."""
+        key = change.subject.key
+        async with self._locks.hold(key):
+            if not self._recency.admit(key, time_ms):
+                log.info("fanout.presence_out_of_order", subject_type=change.subject.type)
+                return False
+            if change.online:
+                if self._pending.cancel(key):
+                    log.info("fanout.presence_offline_cancelled", subject_type=change.subject.type)
+                return await self.apply(change)
+            return await self._vacated(change)
+
+    async def _vacated(self, change: Change) -> bool:
+        """Hold an offline through the grace, or check it with Soketi now (grace 0)."""
+        grace_s = self._ctx.settings.presence_grace_s
+        if grace_s <= 0:
+            return await self._confirm_offline(change)
+        self._pending.add(change, self._monotonic() + grace_s)
+        self._wake.set()
+        return False
+
+    async def _confirm_offline(self, change: Change) -> bool:
+        """Store ``change`` (an offline) only if Soketi reports the channel unoccupied now."""
+        if await self._ctx.soketi.channel_occupied(change.subject.channel):
+            return False
+        return await self.apply(change)
+
     async def apply(self, change: Change) -> bool:
         """Publish and store ``change`` unless the stored state already says so or is newer."""
-        change = Change(change.subject, change.online, _to_ms(change.at))
+        change = Change(change.subject, change.online, to_ms(change.at))
         previous = await self._store.get(change.subject.key)
         if previous is not None and (
             previous.online == change.online or previous.since > change.at
@@ -279,16 +177,44 @@ class Presence:
         )
         return stored
 
+    async def settle_forever(self) -> None:
+        """Apply each held offline once its grace is over; failures are logged, never fatal."""
+        while True:
+            for change in self._pending.pop_due(self._monotonic()):
+                try:
+                    async with self._locks.hold(change.subject.key):
+                        stored = await self._confirm_offline(change)
+                    if stored:
+                        await self._count()
+                except Exception as error:  # a background loop must outlive outages
+                    log.warning("fanout.presence_failed", error=f"{type(error).__name__}: {error}")
+            await self._until_due()
+
+    async def _until_due(self) -> None:
+        """Wait until the next held offline is due or a new one is held."""
+        self._wake.clear()  # before reading the schedule, so an addition is never missed
+        due_s = self._pending.next_due_s()
+        if due_s is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, due_s - self._monotonic())):
+                await self._wake.wait()
+
     async def reconcile(self) -> int:
         """Compare the store with Soketi's occupied personal channels; apply the drift."""
-        at = _to_ms(datetime.fromtimestamp(self._clock(), UTC))
+        at = to_ms(datetime.fromtimestamp(self._clock(), UTC))
         occupied: set[str] = set()
         for prefix in PERSONAL_PREFIXES:
             occupied |= await self._ctx.soketi.occupied_channels(prefix)
         keys = {s.key for s in filter(None, map(subject_of, occupied))}
         stored = {state.key: state for state in await self._store.online()}
         stored.update(await self._store.many(keys - stored.keys()))
-        applied = sum([await self.apply(change) for change in drift(occupied, stored, at=at)])
+        applied = 0
+        for change in drift(occupied, stored, at=at):
+            async with self._locks.hold(change.subject.key):
+                # A lost vacate goes through the grace too: it may be a reload in progress.
+                applied += await (self.apply(change) if change.online else self._vacated(change))
         await self._count()
         return applied
 
