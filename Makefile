@@ -23,7 +23,7 @@ lint: install  ## ruff, mypy --strict and the import contracts (pyproject.toml)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-install: $(VENV)/.installed $(SOKETI) clients/node/node_modules/.installed
+install: $(VENV)/.installed $(SOKETI) clients/node/node_modules/.installed bench/node/node_modules/.installed
 
 # The editable install copies the console's assets from clients/js (setup.py): npm first.
 $(VENV)/.installed: pyproject.toml setup.py requirements.lock clients/js/node_modules/.installed clients/js/src/*.js
@@ -37,6 +37,11 @@ $(SOKETI): tools/soketi/package.json tools/soketi/package-lock.json
 
 clients/node/node_modules/.installed: clients/node/package.json clients/node/package-lock.json
 	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The bench's node-direct baseline: the pusher npm package (bench/node/direct.js).
+bench/node/node_modules/.installed: bench/node/package.json bench/node/package-lock.json
+	npm ci --prefix bench/node --no-audit --no-fund --loglevel=error
 	touch $@
 
 clients/js/node_modules/.installed: clients/js/package.json clients/js/package-lock.json

@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import baselines, report, stack, stream, worker_paths
+from bench import baselines, node_direct, report, rows, stack, stream, worker_paths
 from bench.paths import Options, Result
 from worker.broker.connections import connect
 
@@ -29,6 +29,7 @@ PathRun = Callable[[stack.Services, list[stream.BenchEvent], Options], Awaitable
 THROUGHPUT: dict[str, PathRun] = {
     "sync-trigger": baselines.sync_trigger,
     "direct-32": baselines.direct,
+    rows.NODE_DIRECT: node_direct.node_direct,
     "aio-pika-bare": baselines.aio_pika_bare,
     "worker": worker_paths.worker_live,
     "worker-backlog": worker_paths.worker_backlog,
@@ -109,7 +110,7 @@ async def _run(args: argparse.Namespace) -> int:
             baseline = (args.baseline_ref, replace(opts, worker_source=source))
         results = await _measure(args, services, opts, baseline)
         header = await _header(args, services)
-        text = report.render(header, report.rows(results))
+        text = report.render(header, rows.rows(results))
         print(text, flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")

@@ -1,8 +1,9 @@
 """What every measured path takes (:class:`Options`) and gives (:class:`Result`), and the
 arithmetic they share.
 
-The paths themselves: the three baselines in :mod:`bench.baselines`, the worker (live,
-backlog, latency, long run) in :mod:`bench.worker_paths`. Every path gets its own copy of
+The paths themselves: three baselines in :mod:`bench.baselines`, ``node-direct`` in
+:mod:`bench.node_direct`, the worker (live, backlog, latency, long run) in
+:mod:`bench.worker_paths`. Every path gets its own copy of
 the stream (fresh event ids) and its own subscribers. Throughput counts from the first send
 (or publish) to the last witness receipt at the subscribers.
 """
@@ -58,6 +59,7 @@ class Result:
     e2e_rate: float | None = None  # worker: from publish start to last receipt
     ages_s: list[float] = field(default_factory=list)
     cpu_s_per_1k: float | None = None
+    node_cpu_s_per_1k: float | None = None  # node-direct: its Node process's CPU
     peak_rss_mb: float | None = None
     # CPU s per 1,000 events by process (bench.usage.WORKER, STANDIN, ...): the worker and
     # the others that could be read at both ends of the window
@@ -67,6 +69,9 @@ class Result:
     receipts: int = 0
     unexpected: int = 0
     mongo: MongoShare | None = None
+    mongo_documents: dict[str, int] = field(default_factory=dict)  # fanout_* after the run
+    mongo_documents_per_event: float | None = None  # their sum / events
+    mongo_round_trips_per_event: float | None = None  # mongodb_query_seconds_count / events
     note: str = ""
 
     def percentile_ms(self, q: float) -> float | None:
@@ -111,6 +116,18 @@ def record_cost(result: Result, before: Usage, after: Usage, events: int) -> Non
         if common:
             spent = sum(now[pid] - then[pid] for pid in common)
             result.process_cpu_s_per_1k[name] = spent / events * 1000
+
+
+def record_mongo(result: Result, share: MongoShare, documents: dict[str, int]) -> None:
+    """Set the run's MongoDB share, its documents by collection, and documents and round
+    trips per event."""
+    result.mongo = share
+    result.mongo_round_trips_per_event = (
+        sum(count for count, _ in share.operations.values()) / result.events
+    )
+    result.mongo_documents = documents
+    if documents:
+        result.mongo_documents_per_event = sum(documents.values()) / result.events
 
 
 def mongo_share(before: dict[str, float], after: dict[str, float]) -> MongoShare:

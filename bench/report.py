@@ -1,100 +1,20 @@
-"""Turn the runs' results into the Markdown report: table, ratios, targets, MongoDB share."""
+"""Turn the runs' rows into the Markdown report: table, ratios, targets, costs.
+
+The rows come from :func:`bench.rows.rows`; the cost sections from :mod:`bench.report_costs`.
+"""
 
 from __future__ import annotations
 
-import os
-import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from bench import usage
-from bench.paths import MongoShare, Result
+from bench import report_costs
+from bench.rows import NODE_DIRECT, Row, find, num, ratio
 
 # The issue's targets: worker throughput / baseline, and latency at a steady 500 events/s.
 RATIO_TARGETS = (("sync-trigger", 5.0), ("direct-32", 2.0), ("aio-pika-bare", 0.5))
 P50_TARGET_MS = 10.0
 P99_TARGET_MS = 50.0
 RSS_TARGET_MB = 150.0
-# The CPU budget's columns: process name (bench.usage) and column header, in report order.
-PROCESS_COLUMNS = (
-    (usage.WORKER, "worker"),
-    (usage.STANDIN, "MongoDB stand-in"),
-    (usage.SOKETI, "Soketi"),
-    (usage.RABBITMQ, "RabbitMQ"),
-    (usage.BENCH, "bench (publisher + subscribers)"),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One path, medians over runs (lost and duplicated summed over runs)."""
-
-    path: str
-    events: int
-    rate: float | None
-    e2e_rate: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    p99_ms: float | None
-    cpu_s_per_1k: float | None
-    peak_rss_mb: float | None
-    process_cpu_s_per_1k: dict[str, float]  # medians over the runs that measured each
-    lost: int
-    duplicated: int
-    runs: int
-    note: str
-    mongo: list[MongoShare]
-
-
-def rows(results: Sequence[Result]) -> list[Row]:
-    """Group results by path (first-seen order) into median rows."""
-    by_path: dict[str, list[Result]] = {}
-    for result in results:
-        by_path.setdefault(result.path, []).append(result)
-    return [_row(path, group) for path, group in by_path.items()]
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _row(path: str, group: list[Result]) -> Row:
-    def med(get: Callable[[Result], float | None]) -> float | None:
-        return _median([get(r) for r in group])
-
-    return Row(
-        path=path,
-        events=group[0].events,
-        rate=med(lambda r: r.rate),
-        e2e_rate=med(lambda r: r.e2e_rate),
-        p50_ms=med(lambda r: r.percentile_ms(0.50)),
-        p95_ms=med(lambda r: r.percentile_ms(0.95)),
-        p99_ms=med(lambda r: r.percentile_ms(0.99)),
-        cpu_s_per_1k=med(lambda r: r.cpu_s_per_1k),
-        peak_rss_mb=max((r.peak_rss_mb for r in group if r.peak_rss_mb), default=None),
-        process_cpu_s_per_1k=_process_medians(group),
-        lost=sum(r.lost for r in group),
-        duplicated=sum(r.duplicated for r in group),
-        runs=len(group),
-        note=group[0].note + (" (first run)" if len(group) > 1 and group[0].note else ""),
-        mongo=[r.mongo for r in group if r.mongo is not None],
-    )
-
-
-def _process_medians(group: list[Result]) -> dict[str, float]:
-    """Each process's median CPU per 1,000 events over the runs that measured it."""
-    names = dict.fromkeys(name for r in group for name in r.process_cpu_s_per_1k)
-    return {
-        name: statistics.median(
-            [r.process_cpu_s_per_1k[name] for r in group if name in r.process_cpu_s_per_1k]
-        )
-        for name in names
-    }
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
 
 
 def baseline_suffix(ref: str) -> str:
@@ -108,22 +28,30 @@ def render(header: Sequence[str], table: Sequence[Row]) -> str:
     lines += _paired(table)
     lines += _ratios(table)
     lines += _targets(table)
-    lines += _mongo(table)
-    lines += _cpu_budget(table)
+    lines += _node_direct(table)
+    lines += report_costs.mongo(table)
+    lines += report_costs.cpu_budget(table)
     return "\n".join(lines) + "\n"
 
 
 def _table(table: Sequence[Row]) -> list[str]:
+    node = find(table, NODE_DIRECT)
+    node_cpu = node.node_cpu_s_per_1k if node is not None else None
     lines = [
         "| path | events | events/s | e2e events/s | p50 ms | p95 ms | p99 ms "
-        "| worker CPU s/1k events | worker peak RSS MB | lost | duplicated | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| worker CPU s/1k events | node-direct CPU s/1k events | worker ÷ node-direct CPU "
+        "| worker peak RSS MB | MongoDB docs/event | MongoDB round trips/event "
+        "| lost | duplicated | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in table:
         lines.append(
-            f"| {row.path} | {row.events:,} | {_num(row.rate)} | {_num(row.e2e_rate)} "
-            f"| {_num(row.p50_ms, 1)} | {_num(row.p95_ms, 1)} | {_num(row.p99_ms, 1)} "
-            f"| {_num(row.cpu_s_per_1k, 2)} | {_num(row.peak_rss_mb, 1)} "
+            f"| {row.path} | {row.events:,} | {num(row.rate)} | {num(row.e2e_rate)} "
+            f"| {num(row.p50_ms, 1)} | {num(row.p95_ms, 1)} | {num(row.p99_ms, 1)} "
+            f"| {num(row.cpu_s_per_1k, 2)} | {num(row.node_cpu_s_per_1k, 2)} "
+            f"| {ratio(row.cpu_s_per_1k, node_cpu)} | {num(row.peak_rss_mb, 1)} "
+            f"| {num(row.mongo_documents_per_event, 2)} "
+            f"| {num(row.mongo_round_trips_per_event, 2)} "
             f"| {row.lost} | {row.duplicated} | {row.note} |"
         )
     return lines
@@ -134,7 +62,7 @@ def _paired(table: Sequence[Row]) -> list[str]:
     pairs = [
         (current, row)
         for row in table
-        if " @" in row.path and (current := _find(table, row.path.split(" @")[0])) is not None
+        if " @" in row.path and (current := find(table, row.path.split(" @")[0])) is not None
     ]
     if not pairs:
         return []
@@ -149,26 +77,18 @@ def _paired(table: Sequence[Row]) -> list[str]:
     for current, other in pairs:
         rate, base_rate = current.e2e_rate or current.rate, other.e2e_rate or other.rate
         lines.append(
-            f"| {current.path} vs {other.path} | {_num(rate)} | {_num(base_rate)} "
-            f"| {_ratio(rate, base_rate)} | {_num(current.cpu_s_per_1k, 2)} "
-            f"| {_num(other.cpu_s_per_1k, 2)} "
-            f"| {_ratio(current.cpu_s_per_1k, other.cpu_s_per_1k)} "
-            f"| {_num(current.p50_ms, 1)} | {_num(other.p50_ms, 1)} |"
+            f"| {current.path} vs {other.path} | {num(rate)} | {num(base_rate)} "
+            f"| {ratio(rate, base_rate)} | {num(current.cpu_s_per_1k, 2)} "
+            f"| {num(other.cpu_s_per_1k, 2)} "
+            f"| {ratio(current.cpu_s_per_1k, other.cpu_s_per_1k)} "
+            f"| {num(current.p50_ms, 1)} | {num(other.p50_ms, 1)} |"
         )
     return [*lines, ""]
 
 
-def _ratio(value: float | None, base: float | None) -> str:
-    return "—" if value is None or not base else f"{value / base:.2f}x"
-
-
-def _find(table: Sequence[Row], path: str) -> Row | None:
-    return next((row for row in table if row.path == path), None)
-
-
 def _ratios(table: Sequence[Row]) -> list[str]:
-    worker, backlog = _find(table, "worker"), _find(table, "worker-backlog")
-    bases = [_find(table, name) for name, _ in RATIO_TARGETS]
+    worker, backlog = find(table, "worker"), find(table, "worker-backlog")
+    bases = [find(table, name) for name, _ in RATIO_TARGETS]
     if (worker is None and backlog is None) or not any(b is not None and b.rate for b in bases):
         return []
     lines = [
@@ -179,7 +99,7 @@ def _ratios(table: Sequence[Row]) -> list[str]:
         "|---|---:|---:|---:|---|---:|---|---:|---|",
     ]
     for name, target in RATIO_TARGETS:
-        base = _find(table, name)
+        base = find(table, name)
         if base is None or not base.rate:
             continue
         cells = []
@@ -193,19 +113,19 @@ def _ratios(table: Sequence[Row]) -> list[str]:
             else:
                 ratio = rate / base.rate
                 cells += [f"{ratio:.2f}x", "met" if ratio >= target else "not met"]
-        row = f"| {name} | {_num(base.rate)} | ≥ {target:g}x | " + " | ".join(cells)
+        row = f"| {name} | {num(base.rate)} | ≥ {target:g}x | " + " | ".join(cells)
         lines.append(row + " |")
     return [*lines, ""]
 
 
 def _targets(table: Sequence[Row]) -> list[str]:
     lines = []
-    latency = _find(table, "latency")
+    latency = find(table, "latency")
     if latency is not None and latency.p99_ms is not None and latency.p50_ms is not None:
         p50_ok = latency.p50_ms < P50_TARGET_MS
         p99_ok = latency.p99_ms < P99_TARGET_MS
         lines.append(
-            f"Latency at {_num(latency.rate)} events/s: p50 {latency.p50_ms:.1f} ms "
+            f"Latency at {num(latency.rate)} events/s: p50 {latency.p50_ms:.1f} ms "
             f"(target < {P50_TARGET_MS:g} ms: {'met' if p50_ok else 'not met'}), "
             f"p99 {latency.p99_ms:.1f} ms "
             f"(target < {P99_TARGET_MS:g} ms: {'met' if p99_ok else 'not met'})."
@@ -221,80 +141,25 @@ def _targets(table: Sequence[Row]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
-def _mongo(table: Sequence[Row]) -> list[str]:
-    measured = [row for row in table if row.mongo]
-    if not measured:
+def _node_direct(table: Sequence[Row]) -> list[str]:
+    """Each worker path against the seed's way in Node: CPU per event and throughput."""
+    node = find(table, NODE_DIRECT)
+    workers = [row for row in table if row.cpu_s_per_1k is not None]
+    if node is None or node.node_cpu_s_per_1k is None or not workers:
         return []
     lines = [
-        "Where the worker's message time goes (sums of per-message durations from its "
-        "/metrics; messages overlap, so these are shares of waiting, not of CPU):",
+        f"Worker ÷ node-direct (pusher in Node, {num(node.rate)} events/s, "
+        f"{node.node_cpu_s_per_1k:.2f} s CPU per 1,000 events); CPU below 1x means the worker "
+        "spends less of its own CPU per event than the seed's Node process did:",
         "",
-        "| path | messages | processing s | MongoDB s | MongoDB share | Soketi s | Soketi share |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| path | worker CPU ÷ node-direct CPU | worker events/s ÷ node-direct events/s |",
+        "|---|---:|---:|",
     ]
-    operations: dict[str, list[tuple[int, float]]] = {}
-    calls: list[str] = []
-    for row in measured:
-        share = row.mongo[len(row.mongo) // 2]
-        total = share.processing_s or float("nan")
+    for row in workers:
+        # the latency run's rate is the offered one, not a throughput
+        rate = None if row.path.startswith("latency") else row.e2e_rate or row.rate
         lines.append(
-            f"| {row.path} | {share.messages:,} | {share.processing_s:.2f} "
-            f"| {share.mongodb_s:.2f} | {share.mongodb_s / total:.0%} "
-            f"| {share.soketi_s:.2f} | {share.soketi_s / total:.0%} |"
+            f"| {row.path} | {ratio(row.cpu_s_per_1k, node.node_cpu_s_per_1k)} "
+            f"| {ratio(rate, node.rate)} |"
         )
-        if share.soketi_calls:
-            calls.append(
-                f"{row.path} {share.soketi_calls:,} calls, "
-                f"{share.soketi_triggers / share.soketi_calls:.1f} Pusher events per call"
-            )
-        if row.path == "worker":
-            for name, stat in share.operations.items():
-                operations.setdefault(name, []).append(stat)
-    if calls:
-        lines += ["", "Soketi API calls (batch_events of up to 10): " + "; ".join(calls) + "."]
-    if operations:
-        lines += [
-            "",
-            "MongoDB operations in the `worker` run:",
-            "",
-            "| operation | queries | mean ms |",
-            "|---|---:|---:|",
-        ]
-        for name, stats in sorted(operations.items()):
-            count = sum(c for c, _ in stats)
-            if count == 0:
-                continue
-            seconds = sum(s for _, s in stats)
-            mean = seconds / count * 1000 if count else 0.0
-            lines.append(f"| {name} | {count:,} | {mean:.2f} |")
-    return [*lines, ""]
-
-
-def _cpu_budget(table: Sequence[Row]) -> list[str]:
-    measured = [row for row in table if row.process_cpu_s_per_1k]
-    if not measured:
-        return []
-    cores = os.cpu_count() or 1
-    header = ["path", *(title for _, title in PROCESS_COLUMNS), "total", "machine ceiling events/s"]
-    lines = [
-        "Where the machine's CPU goes: CPU seconds (user + system, /proc/<pid>/stat) per "
-        "1,000 events, by process, over each worker path's measured window:",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|---|" + "---:|" * (len(header) - 1),
-    ]
-    for row in measured:
-        cpu = row.process_cpu_s_per_1k
-        total = sum(cpu.values())
-        ceiling = cores * 1000 / total if total > 0 else None
-        cells = [row.path, *(_num(cpu.get(name), 2) for name, _ in PROCESS_COLUMNS)]
-        cells += [f"{total:.2f}", _num(ceiling)]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"The machine ceiling, {cores} cores x 1,000 / total, is the rate at which these "
-        "processes together would need every core, and an estimate: the CPU spent per event by "
-        "everything that runs on this box, not counting the kernel's softirq time or other "
-        "processes.",
-    ]
     return [*lines, ""]

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from bench.receipts import Endpoint
 from devtools import devstack
@@ -103,6 +104,22 @@ async def fresh_database(services: Services) -> str:
     services.databases.append(name)
     await seed(services.mongodb_url, name)
     return name
+
+
+async def fanout_documents(services: Services, database: str) -> dict[str, int]:
+    """Documents in each of the worker's ``fanout_*`` collections of ``database`` (empty if
+    the database can't be read)."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        services.mongodb_url, serverSelectionTimeoutMS=3000
+    )
+    try:
+        db = client[database]
+        names = [n for n in await db.list_collection_names() if n.startswith("fanout_")]
+        return {name: await db[name].count_documents({}) for name in sorted(names)}
+    except PyMongoError:  # a column of the report, not worth failing the run over
+        return {}
+    finally:
+        await client.close()
 
 
 async def drop_databases(services: Services) -> None:

@@ -21,11 +21,12 @@ from bench.paths import (
     mongo_share,
     publish_all,
     record_cost,
+    record_mongo,
     run_timeout_s,
     with_tally,
 )
 from bench.receipts import Receivers
-from bench.stack import Services, fresh_database
+from bench.stack import Services, fanout_documents, fresh_database
 from bench.stream import BenchEvent, amqp_message, stamp, watched_channels
 from bench.usage import Usage
 from bench.worker_process import WorkerProcess
@@ -60,13 +61,13 @@ async def worker_live(services: Services, events: Sequence[BenchEvent], opts: Op
             tally = await rx.finish(run_timeout_s(len(events)))
             after, metrics_after = worker.usage(), worker.metrics()
     finally:
-        await _stop(worker, services)
+        documents = await _stop(worker, services)
     result = Result("worker", len(events), ages_s=tally.ages_s)
     result.rate = events_per_s(len(events), tally.first_receive, tally.last_receive)
     result.e2e_rate = events_per_s(len(events), started, tally.last_receive)
     result.note = f"published in {published - started:.2f} s while the worker ran"
     record_cost(result, before, after, len(events))
-    result.mongo = mongo_share(metrics_before, metrics_after)
+    record_mongo(result, mongo_share(metrics_before, metrics_after), documents)
     return with_tally(result, tally)
 
 
@@ -88,13 +89,13 @@ async def worker_backlog(services: Services, events: Sequence[BenchEvent], opts:
             tally = await rx.finish(run_timeout_s(len(events)))
             after, metrics_after = worker.usage(), worker.metrics()
     finally:
-        await _stop(worker, services)
+        documents = await _stop(worker, services)
     result = Result("worker-backlog", len(events))
     result.rate = events_per_s(len(events), tally.first_receive, tally.last_receive)
     result.note = "pre-filled queue, first to last receipt"
     if at_first:
         record_cost(result, at_first[0], after, len(events))
-    result.mongo = mongo_share({}, metrics_after)
+    record_mongo(result, mongo_share({}, metrics_after), documents)
     return with_tally(result, tally)
 
 
@@ -125,12 +126,12 @@ async def latency(
             tally = await rx.finish(run_timeout_s(len(events)))
             after, metrics_after = worker.usage(), worker.metrics()
     finally:
-        await _stop(worker, services)
+        documents = await _stop(worker, services)
     result = Result("latency", len(events), ages_s=tally.ages_s)
     result.rate = achieved
     result.note = f"steady {rate:g}/s target, typing events included"
     record_cost(result, before, after, len(events))
-    result.mongo = mongo_share(metrics_before, metrics_after)
+    record_mongo(result, mongo_share(metrics_before, metrics_after), documents)
     return with_tally(result, tally)
 
 
@@ -148,7 +149,7 @@ async def long_run(
         await asyncio.to_thread(worker.start)
         async with Receivers(services.endpoint, watched_channels(), opts.subscribers) as rx:
             rx.expect(events)
-            before = worker.usage()
+            before, metrics_before = worker.usage(), worker.metrics()
             async with _events_exchange(services, worker, "long") as exchange:
                 started = time.time()
                 for done in range(0, len(events), step):
@@ -159,19 +160,22 @@ async def long_run(
                     if not await rx.wait(done + len(chunk), run_timeout_s(len(chunk))):
                         say(f"  long: receipts stalled before {done + len(chunk)} events")
                         break
-                    now = worker.usage()
+                    now, sent = worker.usage(), done + len(chunk)
+                    cpu_s = now.cpu_s - before.cpu_s
                     say(
-                        f"  long: {done + len(chunk):>7} events  RSS {now.rss_kb / 1024:6.1f} MB"
-                        f"  peak {now.hwm_kb / 1024:6.1f} MB  CPU {now.cpu_s - before.cpu_s:6.1f} s"
+                        f"  long: {sent:>7} events  RSS {now.rss_kb / 1024:6.1f} MB"
+                        f"  peak {now.hwm_kb / 1024:6.1f} MB  CPU {cpu_s:6.1f} s"
+                        f" ({cpu_s / sent * 1000:.2f} s/1k events)"
                     )
             tally = await rx.finish(run_timeout_s(step))
-            after = worker.usage()
+            after, metrics_after = worker.usage(), worker.metrics()
     finally:
-        await _stop(worker, services)
+        documents = await _stop(worker, services)
     result = Result(f"long-{len(events)}", len(events))
     result.e2e_rate = events_per_s(len(events), started, tally.last_receive)
     result.note = f"RSS at the end {after.rss_kb / 1024:.1f} MB"
     record_cost(result, before, after, len(events))
+    record_mongo(result, mongo_share(metrics_before, metrics_after), documents)
     return with_tally(result, tally)
 
 
@@ -187,6 +191,8 @@ async def _worker(services: Services, role: str, opts: Options) -> WorkerProcess
     )
 
 
-async def _stop(worker: WorkerProcess, services: Services) -> None:
+async def _stop(worker: WorkerProcess, services: Services) -> dict[str, int]:
+    """Stop the worker (it drains), delete its topology; return its ``fanout_*`` documents."""
     await asyncio.to_thread(worker.stop)
     await worker.delete_topology(services.rabbitmq_url)
+    return await fanout_documents(services, worker.database)

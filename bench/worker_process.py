@@ -44,6 +44,7 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.database = database
         self._services = services
         self.topology = Topology(
             exchange=f"bench.{name}.events",
