@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -22,7 +23,8 @@ from tests.integration.proxy import TcpProxy
 from worker.history.cursor import format_cursor, parse_cursor
 from worker.history.recorder import History
 from worker.mongo.gateway import MongoGateway
-from worker.mongo.history import HistoryLog
+from worker.mongo.history import MARKER_CHANNEL, HistoryLog
+from worker.mongo.processed import ProcessedLog
 from worker.retry import RetryPolicy
 
 JWT_SECRET = "history-jwt-secret-" + "7a" * 24
@@ -294,7 +296,9 @@ async def test_typing_events_carry_no_cursor_and_stay_out_of_history(fanout: Fan
     assert [e["event"] for e in body["events"]] == ["new-message"]
     assert "cursor" not in sub.events(event="typing-start")[0].data
     assert sub.events(event="new-message")[0].data["cursor"] == format_cursor(1)
-    assert await fanout.db.fanout_history.count_documents({"eventId": typing["id"]}) == 0
+    # Typing has no entry: only the marker that it was pushed (the duplicate check's).
+    entries = {"eventId": typing["id"], "channel": {"$ne": MARKER_CHANNEL}}
+    assert await fanout.db.fanout_history.count_documents(entries) == 0
 
 
 async def test_cursor_older_than_the_retention_answers_410(
@@ -465,5 +469,83 @@ async def test_two_workers_numbering_one_channel_never_share_a_number(
         await second.close()
         floor = await client[names.db].fanout_cursors.find_one({"_id": "private-admin"})
         assert floor is not None and floor["seq"] >= max(admin)
+    finally:
+        await client.close()
+
+
+async def test_the_duplicate_check_rides_on_the_history_entries(mongo_url: str, names: Any) -> None:
+    """Entries written before Soketi are not "pushed" until marked; an event with entries is
+    recorded by marking them (no document of its own), one without by a marker that the
+    feed never reads; ids in the legacy ``fanout_processed`` still count."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        db = client[names.db]
+        gateway = MongoGateway(db, RetryPolicy.instant())
+        await db.fanout_processed.insert_one({"_id": "old", "at": datetime.now(UTC)})
+        log = HistoryLog(gateway, 3600)
+        processed = ProcessedLog(gateway, 3600, history=log)
+        await processed.ensure_indexes()
+        history = History(log)
+        event = parse_event(orjson.dumps(alert("a1")))
+        deliveries = [Delivery("private-admin", "system-alert", {"n": 1})]
+        await history.stamp(event, deliveries, maybe_recorded=False)
+
+        assert await processed.seen([event.id, "typing1", "old"]) == {"old"}
+        await processed.record([event.id])
+        await processed.record(["typing1"])
+        assert await processed.seen([event.id, "typing1", "old", "new"]) == {
+            event.id,
+            "typing1",
+            "old",
+        }
+        assert await db.fanout_processed.count_documents({}) == 1
+        lead = await db.fanout_history.find_one({"_id": event.id})
+        assert lead is not None and lead["pushed"] and lead["channel"] == "private-admin"
+        marker = await db.fanout_history.find_one({"_id": "typing1"})
+        assert marker is not None and marker["channel"] == MARKER_CHANNEL
+        assert await db.fanout_history.count_documents({"channel": "private-admin"}) == 1
+        assert await HistoryLog(gateway, 3600).after("private-admin", None, 10) != []
+        assert await HistoryLog(gateway, 3600).newest("private-admin") == 1
+        await history.close()
+    finally:
+        await client.close()
+
+
+async def test_an_event_whose_channels_change_between_attempts_keeps_each_cursor(
+    mongo_url: str, names: Any
+) -> None:
+    """The lead ``_id`` (the event id) stays with the entry that took it; a retry deciding
+    other channels stores its new entries under their keys and reuses the others' numbers."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        gateway = MongoGateway(client[names.db], RetryPolicy.instant())
+        history = History(HistoryLog(gateway, 3600))
+        await history.ensure_indexes()
+        event = parse_event(orjson.dumps(alert("a1")))
+        first = await history.stamp(
+            event, [Delivery("private-admin", "system-alert", {})], maybe_recorded=False
+        )
+        again = await history.stamp(
+            event,
+            [
+                Delivery("private-user-u1", "system-alert", {}),
+                Delivery("private-admin", "system-alert", {}),
+            ],
+            maybe_recorded=False,
+        )
+        assert again[1].payload["cursor"] == first[0].payload["cursor"]
+        stored = await client[names.db].fanout_history.find().to_list(None)
+        assert sorted((doc["_id"], doc["channel"]) for doc in stored) == [
+            (event.id, "private-admin"),
+            (f"{event.id}:private-user-u1", "private-user-u1"),
+        ]
+        retried, _ = (
+            await history.stamp(
+                event, [Delivery("private-user-u1", "system-alert", {})], maybe_recorded=True
+            ),
+            None,
+        )
+        assert retried[0].payload["cursor"] == again[0].payload["cursor"]
+        await history.close()
     finally:
         await client.close()

@@ -3,8 +3,9 @@
 Between ``decide`` and ``deliver`` the pipeline passes an event's deliveries to
 ``History.stamp``. Each (event, channel) gets the next number of that channel, handed out
 in-process in lane order (a conversation's cursors follow publish order), is stored in
-``fanout_history`` under ``{eventId}:{channel}`` (``worker.mongo.history``: one
-``insert_many`` for all the messages processed at that moment; the unique
+``fanout_history`` under ``{eventId}:{channel}``, the event's first entry under the event id
+(``worker.mongo.history``: one ``bulk_write`` for all the messages processed at that moment,
+which also carries their pushed marks; the unique
 ``(channel, seq)`` index refuses a number another worker took, and the entry is
 renumbered), and goes to Soketi with its cursor in the payload. A retried event finds its
 entries by id and reuses their cursors: it is never numbered twice. Typing events are not
@@ -27,7 +28,7 @@ from worker.errors import FanoutError, StoreUnavailable
 from worker.flow.lanes import NUMBER, UNORDERED, Turn
 from worker.history.cursor import record_ids, stamped
 from worker.mongo.gateway import Document
-from worker.mongo.history import HistoryLog
+from worker.mongo.history import MARKER_CHANNEL, HistoryLog, key_of
 
 log = structlog.get_logger("fanout")
 
@@ -83,12 +84,12 @@ class History:
             turn.passed(NUMBER)
             return list(deliveries)
         ids = record_ids(event.id, [d.channel for d in deliveries])
-        seqs = await self._log.seqs(ids) if maybe_recorded else {}
+        seqs, lead_taken = await self._log.seqs(event.id, ids) if maybe_recorded else ({}, False)
         fresh = [(key, d) for key, d in zip(ids, deliveries, strict=True) if key not in seqs]
         await turn.wait(NUMBER)
         numbers = await self._take([d.channel for _, d in fresh]) if fresh else []
         turn.passed(NUMBER)
-        done = await self._record(event.id, fresh, numbers) if fresh else {}
+        done = await self._record(event.id, fresh, numbers, lead_taken) if fresh else {}
         return [
             done[key] if key in done else stamped(d, seqs[key])
             for key, d in zip(ids, deliveries, strict=True)
@@ -111,18 +112,29 @@ class History:
         return numbers
 
     async def _record(
-        self, event_id: str, fresh: list[tuple[str, Delivery]], numbers: list[int]
+        self,
+        event_id: str,
+        fresh: list[tuple[str, Delivery]],
+        numbers: list[int],
+        lead_taken: bool,
     ) -> dict[str, Delivery]:
-        """Write ``fresh`` under ``numbers``; the deliveries with the cursors they ended up with."""
+        """Write ``fresh`` under ``numbers``; the deliveries with the cursors they ended up with.
+
+        The first entry written for an event takes the event id as its ``_id`` (the lead:
+        the duplicate check's mark goes there); the others, and all once the lead is taken,
+        are stored under their key."""
         done: dict[str, Delivery] = {}
         for _ in range(NUMBERING_ATTEMPTS):
             at = self._clock()
             staged = {
                 key: stamped(d, number) for (key, d), number in zip(fresh, numbers, strict=True)
             }
-            docs: dict[str, Document] = {
-                key: {
-                    "_id": key,
+            docs: dict[str, Document] = {}
+            for (key, d), number in zip(staged.items(), numbers, strict=True):
+                first = not lead_taken and not docs
+                docs[key] = {
+                    "_id": event_id if first else key,
+                    "key": key,
                     "channel": d.channel,
                     "event": d.event,
                     "payload": d.payload,
@@ -131,22 +143,38 @@ class History:
                     "seq": number,
                     "at": at,
                 }
-                for (key, d), number in zip(staged.items(), numbers, strict=True)
-            }
             refused_ids = await self._log.insert(list(docs.values()))
-            done.update({key: d for key, d in staged.items() if key not in refused_ids})
+            refused = [key for key, doc in docs.items() if doc["_id"] in refused_ids]
+            done.update({key: d for key, d in staged.items() if key not in refused})
             self._raise_floors({doc["channel"]: doc["seq"] for doc in docs.values()})
-            refused = [key for key in docs if key in refused_ids]
             if not refused:
                 return done
             # Another attempt or worker recorded the same event first: use its numbers.
-            existing = await self._log.find(refused)
+            existing = await self._log.find([event_id, *refused])
+            lead_taken = lead_taken or event_id in existing
+            entries = {
+                key_of(doc): doc for doc in existing.values() if doc["channel"] != MARKER_CHANNEL
+            }
+            lead = existing.get(event_id)
+            if lead is not None and event_id in refused_ids and lead["channel"] != MARKER_CHANNEL:
+                # A copy of this event decided other channels first and its lead holds an
+                # entry this write just stored a second time under its key: drop that one.
+                twin = key_of(lead)
+                if twin in docs and docs[twin]["_id"] == twin and twin not in refused:
+                    await self._log.delete([twin])
+                    done.pop(twin, None)
+                    refused.append(twin)
             originals = dict(fresh)
             done.update(
-                {key: stamped(originals[key], int(doc["seq"])) for key, doc in existing.items()}
+                {
+                    key: stamped(originals[key], int(entries[key]["seq"]))
+                    for key in refused
+                    if key in entries
+                }
             )
-            # The rest lost their number to another worker: renumber after the newest entry.
-            fresh = [(key, d) for key, d in fresh if key in refused and key not in existing]
+            # The rest lost their number (or the lead) to another worker: renumber after the
+            # newest entry.
+            fresh = [(key, d) for key, d in fresh if key in refused and key not in entries]
             if not fresh:
                 return done
             for channel in sorted({d.channel for _, d in fresh}):
@@ -188,7 +216,10 @@ class History:
             await self._write_floors()
 
 
-#: How often one event's entries are renumbered after losing numbers to other workers.
-NUMBERING_ATTEMPTS: Final = 5
+#: How often one event's entries are renumbered after losing numbers to other workers. With
+#: sharded mode spreading lanes over workers, several may number one busy personal channel
+#: at once; each lost race costs one round trip, and giving up sends the message through a
+#: retry tier (late, out of order), so the bound is generous.
+NUMBERING_ATTEMPTS: Final = 20
 #: The least time between two background writes of channel floors.
 FLOOR_INTERVAL_S: Final = 1.0

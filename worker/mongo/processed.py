@@ -1,45 +1,64 @@
-"""Envelope ids already pushed to Soketi (collection ``fanout_processed``), for dedup.
+"""Envelope ids already pushed to Soketi, for dedup: a mark on what is written anyway.
 
-The id is the document's ``_id``, so the unique index is MongoDB's own. ``at`` carries a
-TTL index for real MongoDB; ``sweep`` deletes expired ids too, for servers without TTL.
-Checks and records of concurrently processed messages are merged: one ``$in`` query, and
-one ``insert_many`` that waits ``RECORD_LINGER_S`` for company (a record comes after Soketi
-has the event, off the path of its latency, so even at a low rate it carries many).
+An event's deliveries are recorded in ``fanout_history`` before Soketi is called, and the
+first of them (the lead entry) has the event id as its ``_id``. Once Soketi has accepted,
+the event is recorded as pushed by ``$set: {pushed: true}`` on that document: no document
+of its own. An event without entries (typing, one that decided no delivery, or one whose
+entries predate lead entries) gets its lead ``_id`` from the same write, an upsert: a
+marker on the pseudo-channel ``MARKER_CHANNEL`` that the feed never reads. The duplicate
+check is one ``_id`` query: ``{_id: {$in: ids}, pushed: true}``. Marks live as long as the
+history (``HISTORY_RETENTION_H``).
+
+``fanout_processed``, where ids were recorded before, is still read by the check while it
+holds ids (after an upgrade, until its ``PROCESSED_RETENTION_H`` has passed), and swept.
+
+Checks of concurrently processed messages are merged into one query; records ride with the
+history's writes (``HistoryLog``: one ``bulk_write``, waiting up to 10 ms for company).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Collection, Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from worker.mongo.coalesce import Answer, BatchedInsert, Coalescer
-from worker.mongo.gateway import Document, MongoGateway
+from worker.mongo.coalesce import Answer, Coalescer
+from worker.mongo.gateway import MongoGateway
+from worker.mongo.history import HistoryLog
 
+#: Where ids were recorded before the marks; read while it holds ids, swept, then empty.
 PROCESSED: Final = "fanout_processed"
-#: How long a processed-id record waits for others to share its ``insert_many``.
-RECORD_LINGER_S: Final = 0.01
 
 
 class ProcessedLog:
     """The processed-id log: ``seen`` before pushing, ``record`` after."""
 
     def __init__(
-        self, gateway: MongoGateway, retention_s: float, *, ttl_index: bool = True
+        self,
+        gateway: MongoGateway,
+        retention_s: float,
+        *,
+        history: HistoryLog,
+        ttl_index: bool = True,
     ) -> None:
         self._gateway = gateway
+        self._history = history
+        #: The retention of the legacy ids; the marks follow the history's.
         self.retention = timedelta(seconds=retention_s)
         self._ttl_index = ttl_index
+        # Until seen empty, the legacy collection may hold ids recorded before an upgrade.
+        self._legacy = True
         self._seen: Coalescer[str, bool] = Coalescer(self._find_seen)
-        self._records = BatchedInsert(self._insert, linger_s=RECORD_LINGER_S)
 
     async def ensure_indexes(self) -> None:
-        """Create the retention index (idempotent); without it, ``sweep`` alone enforces it."""
+        """Keep the legacy ids' retention index (idempotent); learn whether any are left."""
         if self._ttl_index:
             ttl_s = int(self.retention.total_seconds())
             await self._gateway.create_index(
                 PROCESSED, "at", expireAfterSeconds=ttl_s, name="at_ttl"
             )
+        await self._check_legacy()
 
     def seen(self, ids: Collection[str]) -> Awaitable[set[str]]:
         """The subset of ``ids`` already recorded; the check joins the next query at once."""
@@ -47,21 +66,31 @@ class ProcessedLog:
 
     async def record(self, ids: Collection[str], *, now: datetime | None = None) -> None:
         """Record ids as pushed; ids recorded before (a race with a redelivery) are fine."""
-        at = now or datetime.now(UTC)
-        await self._records.insert([{"_id": event_id, "at": at} for event_id in sorted(set(ids))])
+        await self._history.record_pushed(ids, now or datetime.now(UTC))
 
     async def sweep(self, *, now: datetime | None = None) -> int:
-        """Delete ids older than the retention; return how many went."""
+        """Delete legacy ids older than their retention; return how many went (marks go
+        with the history's sweep)."""
         cutoff = (now or datetime.now(UTC)) - self.retention
-        return await self._gateway.delete_before(PROCESSED, "at", cutoff, operation="dedup sweep")
+        removed = await self._gateway.delete_before(
+            PROCESSED, "at", cutoff, operation="dedup sweep"
+        )
+        await self._check_legacy()
+        return removed
+
+    async def _check_legacy(self) -> None:
+        doc = await self._gateway.find_one(PROCESSED, {}, {"_id": 1}, operation="dedup sweep")
+        self._legacy = doc is not None
 
     async def _find_seen(self, ids: list[str]) -> Mapping[str, bool]:
-        filter_ = {"_id": {"$in": sorted(set(ids))}}
-        docs = await self._gateway.find(PROCESSED, filter_, {"_id": 1}, operation="dedup check")
-        return {str(doc["_id"]): True for doc in docs}
-
-    async def _insert(self, docs: list[Document]) -> set[str]:
-        return await self._gateway.insert_new(PROCESSED, docs, operation="dedup record")
+        if not self._legacy:
+            return dict.fromkeys(await self._history.pushed(ids), True)
+        legacy = {"_id": {"$in": sorted(set(ids))}}
+        marked, recorded = await asyncio.gather(
+            self._history.pushed(ids),
+            self._gateway.find(PROCESSED, legacy, {"_id": 1}, operation="dedup check legacy"),
+        )
+        return dict.fromkeys(marked | {str(doc["_id"]) for doc in recorded}, True)
 
 
 class _Ids:
