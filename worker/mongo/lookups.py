@@ -1,16 +1,17 @@
-"""The handlers' ``Store``: users, shops and products by id, concurrent lookups merged.
+"""The handlers' ``Store``: users, shops and products by id, cached, concurrent lookups merged.
 
-Each collection has a ``Coalescer``: the ids that concurrently processed messages ask for
-go out as one ``$in`` query, and a lookup starts when it is asked for (``Answer``), so a
+Each collection has a ``CachedLookup``: ids found less than ``cache_ttl_s`` ago are answered
+from memory (``worker.mongo.cache``); the rest, from concurrently processed messages, go out
+as one ``$in`` query through a ``Coalescer``. A lookup starts when it is asked for, so a
 handler that needs two collections waits for one round trip, not two.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from handlers.model import Account, Product
-from worker.mongo.coalesce import Answer, Coalescer
+from worker.mongo.cache import CachedLookup
 from worker.mongo.gateway import Document, MongoGateway, id_forms
 from worker.mongo.values import first_image, id_text, image_src, text
 
@@ -18,22 +19,33 @@ from worker.mongo.values import first_image, id_text, image_src, text
 class MongoStore:
     """Users, shops and products looked up by id, in bulk."""
 
-    def __init__(self, gateway: MongoGateway) -> None:
+    def __init__(
+        self,
+        gateway: MongoGateway,
+        *,
+        cache_ttl_s: float = 0.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``cache_ttl_s`` > 0 keeps what was found that long, at most ``cache_size``
+        documents per collection (the least recently used go first); 0 asks every time."""
         self._gateway = gateway
-        self._users: Coalescer[str, Account] = Coalescer(self._find_users)
-        self._shops: Coalescer[str, Account] = Coalescer(self._find_shops)
-        self._products: Coalescer[str, Product] = Coalescer(self._find_products)
+        ttl, size = cache_ttl_s, cache_size
+        self._users = CachedLookup(self._find_users, ttl_s=ttl, max_size=size, clock=clock)
+        self._shops = CachedLookup(self._find_shops, ttl_s=ttl, max_size=size, clock=clock)
+        self._products = CachedLookup(self._find_products, ttl_s=ttl, max_size=size, clock=clock)
 
-    def users(self, ids: Collection[str]) -> Answer[str, Account]:
-        """Users by id (``name``, ``email``, ``avatar``, ``role``); the query joins at once."""
+    def users(self, ids: Collection[str]) -> Awaitable[dict[str, Account]]:
+        """Users by id (``name``, ``email``, ``avatar``, ``role``); a miss's query joins at once."""
         return self._users.ask(ids)
 
-    def shops(self, ids: Collection[str]) -> Answer[str, Account]:
-        """Shops by id (``name``, ``avatar``); the query joins at once."""
+    def shops(self, ids: Collection[str]) -> Awaitable[dict[str, Account]]:
+        """Shops by id (``name``, ``avatar``); a miss's query joins at once."""
         return self._shops.ask(ids)
 
-    def products(self, ids: Collection[str]) -> Answer[str, Product]:
-        """Products by id (``name``, ``shopId``, first of ``images``); joins at once."""
+    def products(self, ids: Collection[str]) -> Awaitable[dict[str, Product]]:
+        """Products by id (``name``, ``shopId``, first of ``images``); a miss's query joins
+        at once."""
         return self._products.ask(ids)
 
     async def conversations_of(self, member_ids: Collection[str], limit: int) -> tuple[str, ...]:
