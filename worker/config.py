@@ -163,6 +163,15 @@ class Settings(BrokerSettings):
     cors_allowed_origins: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_origins)] = ()
     cors_max_age_s: int = Field(default=600, ge=0, le=86_400)
 
+    # -- lookup cache: names and images of users, shops, products (worker/mongo/cache.py) --
+    # What MongoDB found is reused this long, so a renamed account or product may show its
+    # old name for up to this many seconds; 0 asks MongoDB for every event. Documents not
+    # found are never kept, and a failed query keeps nothing.
+    lookup_cache_ttl_s: float = Field(default=60.0, ge=0, le=86_400)
+    # At most this many documents per collection (users, shops, products); the least
+    # recently used go first.
+    lookup_cache_size: int = Field(default=10_000, ge=1)
+
     # -- operations --
     prefetch_count: int = Field(default=200, ge=1, le=65535)
     max_payload_kb: int = Field(default=100, ge=1)
@@ -186,6 +195,14 @@ class Settings(BrokerSettings):
     # long (a page reload reconnects within it); 0 = at once (still checked with Soketi).
     presence_grace_s: float = Field(default=3.0, ge=0, le=300)
     stats_interval_s: float = Field(default=5.0, ge=0)
+    # --- sharded mode: spreading the shards over the fleet (used only when SHARDS > 0) ---
+    # Each worker announces itself in MongoDB's fanout_workers every FLEET_HEARTBEAT_S; one
+    # whose announcement has not changed for FLEET_STALE_S is gone and its shards are
+    # reassigned. A worker active on a shard it does not own hands it over at most once per
+    # SHARD_HANDOVER_COOLDOWN_S (bounds the redeliveries when an owner has no consumer).
+    fleet_heartbeat_s: float = Field(default=1.0, gt=0, le=60)
+    fleet_stale_s: float = Field(default=3.0, gt=0, le=600)
+    shard_handover_cooldown_s: float = Field(default=10.0, ge=0, le=3600)
     log_format: str = Field(default="json", pattern=r"^(json|console)$")
     log_level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
 

@@ -1,15 +1,19 @@
-"""Sharded mode with two worker processes: once-only delivery, chat order, shard failover.
+"""Sharded mode with several worker processes: once-only delivery, chat order, fail-over,
+and the shards spread over the fleet.
 
-Both workers (``python -m worker run``, ``SHARDS=4``) consume the main queue and every
+Every worker (``python -m worker run``, ``SHARDS=N``) consumes the main queue and every
 shard queue; the broker's consistent-hash exchange keeps each conversation in one shard,
-and single-active-consumer lets only one worker at a time have a shard's messages.
+single-active-consumer lets only one worker at a time have a shard's messages, and the
+fleet (``fanout_workers``) makes each shard's owner the active one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import signal
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ from tests.integration.test_lifecycle import (
     worker_process,
 )
 from worker.events import LANE
+from worker.flow.shards import assign
 
 SHARDS = 4
 CONVERSATIONS = [f"conv{i}" for i in range(8)]
@@ -74,7 +79,9 @@ class Stream:
                 "conversationId": conversation,
                 "senderId": "u1",
                 "senderType": "user",
-                "recipientId": "s1",
+                # Each conversation's own seller: a personal channel shared by conversations
+                # that different workers deliver would make their history numbering collide.
+                "recipientId": f"s-{conversation}",
                 "recipientType": "seller",
                 "content": str(seq),
             }
@@ -152,7 +159,7 @@ async def chat_settled(worker: WorkerProcess) -> float:
 
 async def wait_drained(url: str, names: Names, *workers: WorkerProcess) -> None:
     """Wait until the main and shard queues are empty and no worker holds a message."""
-    queues = [names.queue, *(names.topology().shard(i) for i in range(SHARDS))]
+    queues = [names.queue, *(names.topology().shard(i) for i in range(names.shards))]
 
     async def idle() -> bool:
         for worker in workers:
@@ -217,3 +224,134 @@ async def test_two_workers_deliver_once_in_order_and_fail_over(
             assert await depth(rabbitmq_url, names.dlq) == 0
             code, _ = await survivor.stop(signal.SIGTERM, DRAIN_TIMEOUT_S + 5)
             assert code == 0, survivor.log_tail()
+
+
+SPREAD_SHARDS = 6
+
+
+async def active_owners(names: Names) -> dict[int, str]:
+    """Shard index -> the worker id whose consumer the broker has active on it, read with
+    ``rabbitmqctl list_consumers`` (a shard consumer's tag is ``{worker id}/{queue}/{n}``)."""
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl",
+        "list_consumers",
+        "-q",
+        "--no-table-headers",
+        "queue_name",
+        "consumer_tag",
+        "active",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate()
+    shards = {names.topology().shard(i): i for i in range(SPREAD_SHARDS)}
+    owners = {}
+    for line in out.decode().splitlines():
+        queue, tag, active = [*line.split("\t"), "", "", ""][:3]
+        if queue in shards and active == "true":
+            owners[shards[queue]] = tag.split("/", 1)[0]
+    return owners
+
+
+def pid_of(worker_id: str) -> int:
+    """The process id inside a worker id (``{host}:{pid}:{random}``)."""
+    return int(worker_id.split(":")[1])
+
+
+async def wait_spread(
+    names: Names, workers: list[WorkerProcess], timeout_s: float
+) -> dict[int, str]:
+    """Wait until every shard's active consumer is the owner the fleet assigns among
+    ``workers``, each of them active on at least one shard; return shard -> worker id."""
+
+    async def spread() -> dict[int, str] | None:
+        owners = await active_owners(names)
+        live = set(owners.values())
+        if len(owners) != SPREAD_SHARDS or {pid_of(w) for w in live} != {
+            w.process.pid for w in workers
+        }:
+            return None
+        return owners if owners == assign(SPREAD_SHARDS, sorted(live)) else None
+
+    return await workers[0].wait(spread, timeout_s, "the shards spread over the workers")
+
+
+async def wait_owning(worker: WorkerProcess, shards: int) -> None:
+    """Wait until ``worker`` reports owning ``shards`` shards (its fleet view has settled)."""
+
+    async def owning() -> bool:
+        return await worker.metric("bazaar_fanout_shards_owned") == shards
+
+    await worker.wait(owning, 10, f"bazaar_fanout_shards_owned == {shards}")
+
+
+async def test_three_workers_spread_the_shards_and_keep_order_across_a_kill(
+    rabbitmq_url: str, mongo_url: str, soketi: SoketiServer, names: Names, tmp_path: Path
+) -> None:
+    """Three sharded workers are each active on their share of the shards; after a SIGKILL
+    the survivors take the victim's shards over while chat events flow, without reordering
+    or repeating any, and a graceful stop hands its shards to the last worker."""
+    names.shards = SPREAD_SHARDS
+    env = worker_env(
+        names,
+        rabbitmq_url,
+        mongo_url,
+        soketi,
+        SHARDS=str(SPREAD_SHARDS),
+        PREFETCH_COUNT=str(PREFETCH),
+        EPHEMERAL_MAX_AGE_S="300",  # typing events must not age out on a slow machine
+        FLEET_HEARTBEAT_S="0.5",
+        FLEET_STALE_S="2",
+    )
+    stream = Stream(random.Random(7))
+    async with (
+        chat_subscriber(soketi) as sub,
+        worker_process(env, tmp_path / "a.log") as a,
+        worker_process(env, tmp_path / "b.log") as b,
+        worker_process(env, tmp_path / "c.log") as c,
+    ):
+        workers = [a, b, c]
+        for worker in workers:
+            await worker.wait_ready()
+        owners = await wait_spread(names, workers, 30)
+        for worker in workers:
+            await wait_owning(worker, 2)
+
+        before = stream.batch(300, "before")
+        await publish_in_order(rabbitmq_url, names.exchange, before)
+        await sub.wait_for(lambda _: set(received_ids(sub)) >= {e["id"] for e in before}, 30)
+        await wait_drained(rabbitmq_url, names, *workers)
+        assert received_ids(sub) == Counter({e["id"]: 1 for e in before})
+        assert out_of_order(sub) == {}
+
+        victim = next(w for w in workers if w.process.pid == pid_of(owners[0]))
+        survivors = [w for w in workers if w is not victim]
+        code, _ = await victim.stop(signal.SIGKILL, 5)
+        assert code == -signal.SIGKILL
+        killed = time.monotonic()
+        # Published while the broker and then the fleet move the victim's shards: the
+        # hand-overs happen under load.
+        during = stream.batch(600, "during")
+        publishing = asyncio.create_task(publish_in_order(rabbitmq_url, names.exchange, during))
+        await wait_spread(names, survivors, 20)
+        moved_s = time.monotonic() - killed
+        await publishing
+        print(f"the victim's shards moved to the survivors in {moved_s:.1f} s")
+        assert moved_s < 15
+        for worker in survivors:
+            await wait_owning(worker, 3)
+
+        expected = {e["id"] for e in before + during}
+        await sub.wait_for(lambda _: set(received_ids(sub)) >= expected, 30)
+        await wait_drained(rabbitmq_url, names, *survivors)
+        assert received_ids(sub) == Counter(dict.fromkeys(expected, 1))
+        assert out_of_order(sub) == {}
+        assert await depth(rabbitmq_url, names.dlq) == 0
+
+        # A graceful stop leaves the fleet: the last worker owns and has every shard.
+        leaving, last = survivors
+        code, _ = await leaving.stop(signal.SIGTERM, DRAIN_TIMEOUT_S + 5)
+        assert code == 0, leaving.log_tail()
+        await wait_spread(names, [last], 20)
+        code, _ = await last.stop(signal.SIGTERM, DRAIN_TIMEOUT_S + 5)
+        assert code == 0, last.log_tail()

@@ -18,12 +18,15 @@ from worker.app.health import Heartbeat, cancel_all, downstream_check
 from worker.broker.sampler import sample_queues
 from worker.config import Settings
 from worker.flow.consumer import Consumer
+from worker.flow.shards import Fleet
 from worker.flow.subscription import Subscription
 from worker.metrics import Metrics
+from worker.mongo.fleet import FleetStore
 from worker.mongo.retention import sweeper
 from worker.retry import RetryPolicy
 from worker.web import server, setup
 from worker.web.context import Task
+from worker.web.stats import instance_id
 
 log = structlog.get_logger("fanout")
 
@@ -54,15 +57,20 @@ async def run(
         consumer, soketi_gate = build.build_consumer(
             stack, settings, metrics, (soketi, mongo, rabbit), circuits
         )
+        worker_id = instance_id()
         subscription = Subscription(
             rabbit.channel,
-            # --- sharded mode ---: the main queue, then every shard (none unless SHARDS > 0)
-            rabbit.declared.queues,
+            rabbit.declared.queue,
             consumer.handle,
             metrics,
             # Consuming goes on while Soketi is merely down: the prefetch window bounds what
             # the worker holds, and what it holds is recorded in history for polling clients.
             wanted=lambda: circuits.may_process() and not stop.is_set(),
+            # --- sharded mode ---: every shard on a channel of its own (none unless SHARDS > 0)
+            shards=rabbit.topology.shards,
+            open_shard=build.shard_opener(settings, rabbit),
+            worker=worker_id,
+            handover_cooldown_s=settings.shard_handover_cooldown_s,
         )
         circuit_listeners.append(subscription.poke)
         heartbeat = Heartbeat(metrics)
@@ -84,6 +92,9 @@ async def run(
         http = await server.start(app, settings.http_host, settings.http_port)
         stack.push_async_callback(http.close)
         await subscription.start()
+        # Announced only once its consumers are on every shard: whoever sees this worker in
+        # the fleet re-registers behind it, so it is the oldest on the shards it owns.
+        _start_fleet(stack, settings, mongo, worker_id, subscription)
         log.info(
             "fanout.started",
             queue=rabbit.topology.queue,
@@ -111,7 +122,30 @@ async def _drain(
     release_gate()
     drained = await consumer.drained(timeout_s)
     abandoned = await consumer.abandon()
+    await subscription.closed()
     log.info("fanout.stopped", drained=drained, returned_to_queue=abandoned)
+
+
+def _start_fleet(
+    stack: AsyncExitStack,
+    settings: Settings,
+    mongo: build.Mongo,
+    worker_id: str,
+    subscription: Subscription,
+) -> None:
+    """Sharded mode: start the membership loop that spreads the shards over the live workers."""
+    if not settings.shards:
+        return
+    fleet = Fleet(
+        FleetStore(mongo.gateway),
+        worker_id,
+        settings.shards,
+        subscription.assigned,
+        interval_s=settings.fleet_heartbeat_s,
+        stale_s=settings.fleet_stale_s,
+    )
+    task = asyncio.create_task(fleet.run(), name="fleet")
+    stack.push_async_callback(cancel_all, [task])
 
 
 def _sweepers(mongo: build.Mongo) -> list[Task]:

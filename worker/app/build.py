@@ -7,13 +7,18 @@ stack closes everything in reverse order of opening.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import aiohttp
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 import worker.broker.topology as broker
 from worker.broker.connections import connect_robust
@@ -38,6 +43,8 @@ from worker.soketi.client import SoketiClient
 from worker.web.context import WebContext
 
 log = structlog.get_logger("fanout")
+
+ShardChannel = tuple[AbstractChannel, AbstractQueue]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +79,8 @@ class Broker:
     #: The events exchange on the publishing connection (confirmed publishes).
     events: AbstractExchange
     publishing: AbstractRobustConnection
+    #: The consuming connection (sharded mode opens one channel per shard on it).
+    consuming: AbstractRobustConnection
 
 
 def topology_of(settings: Settings) -> broker.Topology:
@@ -119,11 +128,19 @@ async def open_mongo(
     stack.push_async_callback(client.close)
     gateway = MongoGateway(client[settings.mongodb_db], retry, metrics.mongodb_query)
     ttl = settings.mongodb_ttl_indexes
+    history = HistoryLog(gateway, settings.history_retention_h * 3600, ttl_index=ttl)
     mongo = Mongo(
         gateway=gateway,
-        lookups=MongoStore(gateway),
-        processed=ProcessedLog(gateway, settings.processed_retention_h * 3600, ttl_index=ttl),
-        history=HistoryLog(gateway, settings.history_retention_h * 3600, ttl_index=ttl),
+        lookups=MongoStore(
+            gateway,
+            cache_ttl_s=settings.lookup_cache_ttl_s,
+            cache_size=settings.lookup_cache_size,
+        ),
+        # The duplicate check and record ride on the history's documents and writes.
+        processed=ProcessedLog(
+            gateway, settings.processed_retention_h * 3600, history=history, ttl_index=ttl
+        ),
+        history=history,
         presence=PresenceStore(gateway),
         access=AccessStore(gateway),
         stats=StatsStore(gateway),
@@ -162,7 +179,18 @@ async def open_broker(stack: AsyncExitStack, settings: Settings, metrics: Metric
         max_retry_age_s=settings.retry_max_age_s,
     )
     events = await publisher.get_exchange(topology.exchange, ensure=False)
-    return Broker(channel, topology, declared, paths, events, publishing)
+    return Broker(channel, topology, declared, paths, events, publishing, consuming)
+
+
+def shard_opener(settings: Settings, broker_: Broker) -> Callable[[int], Awaitable[ShardChannel]]:
+    """Opens shard ``index``'s own channel on the consuming connection (sharded mode)."""
+
+    async def open_shard(index: int) -> ShardChannel:
+        return await broker.open_shard(
+            broker_.consuming, broker_.topology, index, settings.prefetch_count
+        )
+
+    return open_shard
 
 
 def build_consumer(

@@ -23,8 +23,10 @@ the same shard and a fleet keeps its order::
         the ``fanout-lane`` header) --weight 1--> WORKER_QUEUE.shard.{0..N-1} (quorum,
         single active consumer, x-delivery-limit, dead-lettering like the main queue)
 
-Every worker consumes every shard; the broker lets one consumer per shard at a time have
-its messages and hands the shard to another when that worker goes away. The main queue
+Every worker consumes every shard, each shard on a channel of its own
+(``open_shard``); the broker lets one consumer per shard at a time have its messages and
+hands the shard to another when that worker goes away. Which worker should be the active
+one is the fleet's business (``flow/shards.py``, ``flow/handover.py``). The main queue
 stays a plain competing-consumers queue for events without a lane and returning retries.
 """
 
@@ -36,6 +38,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractQueue,
     ExchangeType,
@@ -210,6 +213,23 @@ async def declare_shards(channel: AbstractChannel, topology: Topology) -> tuple[
     for pattern in topology.bindings:
         await lanes.bind(events, routing_key=pattern)
     return tuple(shards)
+
+
+async def open_shard(
+    connection: AbstractConnection, topology: Topology, index: int, prefetch_count: int
+) -> tuple[AbstractChannel, AbstractQueue]:
+    """A channel of its own for shard ``index`` (prefetch set) and the shard queue on it.
+
+    A shard's consumer lives on its own channel so that closing the channel hands the
+    shard over: the broker returns what the channel held, in order, to the front of the
+    queue before the next consumer gets anything (``flow/handover.py``).
+    """
+    channel = await connection.channel(publisher_confirms=False)
+    await channel.set_qos(prefetch_count=prefetch_count)
+    queue = await channel.declare_queue(
+        topology.shard(index), durable=True, arguments=topology.shard_arguments()
+    )
+    return channel, queue
 
 
 def tier_label(delay_s: float) -> str:

@@ -5,23 +5,27 @@ actual one: it cancels the consumers while a circuit is open, consumes again onc
 and re-consumes after the broker cancelled a consumer or a reconnect lost it. Readiness
 and ``consumer_up`` read the actual state: up only while every queue has our consumer.
 The worker consumes one queue, or in sharded mode the main queue and every shard.
+
+In sharded mode each shard's consumer is a ``flow.handover.ShardSlot`` on a channel of its
+own; when the fleet's assignment (``flow/shards.py``) changes, a worker re-registers, as a
+standby, every shard whose owner changed and which is not its own (a hand-over, safe for
+order), so the owner ends up the oldest registration and the broker activates it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from worker.flow.handover import Callback, OpenShard, ShardSlot
 from worker.metrics import Metrics
 
 log = structlog.get_logger("fanout")
-
-Callback = Callable[[AbstractIncomingMessage], Awaitable[Any]]
 
 
 class Subscription:
@@ -36,6 +40,10 @@ class Subscription:
         *,
         wanted: Callable[[], bool],
         interval_s: float = 1.0,
+        shards: int = 0,
+        open_shard: OpenShard | None = None,
+        worker: str = "",
+        handover_cooldown_s: float = 10.0,
     ) -> None:
         self._channel = channel
         self._queues = (queues,) if isinstance(queues, AbstractQueue) else tuple(queues)
@@ -43,9 +51,47 @@ class Subscription:
         self._metrics = metrics
         self._wanted = wanted
         self._interval_s = interval_s
+        self._worker = worker
         self._tags: dict[str, str] = {}  # queue name -> our consumer tag
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._slots: tuple[ShardSlot, ...] = ()
+        if shards and open_shard is not None:
+            self._slots = tuple(
+                ShardSlot(
+                    index,
+                    open_shard,
+                    callback,
+                    worker=worker,
+                    wanted=wanted,
+                    cooldown_s=handover_cooldown_s,
+                )
+                for index in range(shards)
+            )
+        self._owners: Mapping[int, str] | None = None
+
+    @property
+    def slots(self) -> tuple[ShardSlot, ...]:
+        """The shard consumers (none unless sharded)."""
+        return self._slots
+
+    def assigned(self, owners: Mapping[int, str]) -> None:
+        """The fleet's new assignment: re-register, as standby, each changed shard not ours.
+
+        So the owner of a shard becomes its oldest registration: the broker activates it once
+        the active consumer is gone or has handed the shard over. An empty assignment (no
+        fleet view) makes every shard ours and moves nothing.
+        """
+        previous, self._owners = self._owners, owners
+        me = {slot.index: slot for slot in self._slots}
+        for index, slot in me.items():
+            owner = owners.get(index)
+            slot.owned = owner is None or owner == self._worker
+            changed = previous is None or previous.get(index) != owner
+            if changed and not slot.owned:
+                slot.hand_over("the fleet gave the shard to another worker")
+        owned = sum(1 for slot in self._slots if slot.owned)
+        self._metrics.shards_owned.set(owned)
 
     async def start(self) -> None:
         """Consume now and start supervising."""
@@ -58,7 +104,9 @@ class Subscription:
 
     async def consuming(self) -> bool:
         """True when our consumer is registered on every queue, on an open channel."""
-        return not await self._missing()
+        if await self._missing():
+            return False
+        return all([await slot.registered() for slot in self._slots])
 
     async def _missing(self) -> list[AbstractQueue]:
         """The queues without a live consumer of ours."""
@@ -79,7 +127,16 @@ class Subscription:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._cancel()
+        for slot in self._slots:
+            # Not a cancel (the next worker would start while ours are in flight): withhold,
+            # and close the shard's channel once what it passed on is settled (``closed``).
+            slot.hand_over("stopping")
         self._metrics.consumer_up.set(0)
+
+    async def closed(self, timeout_s: float = 5.0) -> None:
+        """Wait for the shards' hand-overs started by ``stop``; cut them off after ``timeout_s``."""
+        for slot in self._slots:
+            await slot.close(timeout_s)
 
     async def _supervise(self) -> None:
         while True:
@@ -113,7 +170,23 @@ class Subscription:
         elif not wanted and self._tags:
             await self._cancel()
             log.warning("fanout.consuming_paused", queues=[q.name for q in self._queues])
+        await self._reconcile_slots(wanted)
         self._metrics.consumer_up.set(1 if await self.consuming() else 0)
+
+    async def _reconcile_slots(self, wanted: bool) -> None:
+        for slot in self._slots:
+            if wanted and not await slot.registered():
+                if slot.tag is not None:
+                    log.warning(
+                        "fanout.consumer_lost",
+                        queue=slot.name,
+                        consumer_tag=slot.tag,
+                        action="consuming again",
+                    )
+                    self._metrics.reconnects.labels(kind="consumer").inc()
+                await slot.register()
+            elif not wanted:
+                await slot.pause()
 
     async def _cancel(self) -> None:
         for queue in self._queues:
