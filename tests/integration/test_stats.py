@@ -4,6 +4,7 @@ and figures replayed at once to a new admin by Soketi's cache channel."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,9 +16,9 @@ import orjson
 import pytest
 from pymongo import AsyncMongoClient
 
-from devtools.devstack import SoketiServer
+from devtools.devstack import SoketiServer, start_soketi
 from devtools.watch import PusherSubscriber, Received, sign_channel
-from tests.conftest import Names
+from tests.conftest import SOKETI_APP_ID, Names
 from tests.integration.harness import Fanout, envelope, running_worker
 from tests.integration.test_lifecycle import WorkerProcess, worker_env, worker_process
 
@@ -83,18 +84,24 @@ async def test_stats_update_counts_what_was_delivered(with_stats: Fanout) -> Non
 
 
 @pytest.fixture
-async def rare_stats(
-    rabbitmq_url: str, mongo_url: str, soketi: SoketiServer, names: Any
-) -> AsyncIterator[Fanout]:
-    """A worker that sends its figures at start and then only every minute."""
-    async with running_worker(
-        rabbitmq_url=rabbitmq_url,
-        mongo_url=mongo_url,
-        soketi=soketi,
-        names=names,
-        stats_interval_s=60,
-    ) as fanout:
-        yield fanout
+async def rare_stats(rabbitmq_url: str, mongo_url: str, names: Any) -> AsyncIterator[Fanout]:
+    """A worker that sends its figures at start and then only every minute, on a Soketi of
+    its own: the cache channel's last event is per Soketi app, and the session's shared
+    Soketi may still hold another test's figures."""
+    own = start_soketi(
+        SOKETI_APP_ID, key=f"key-{secrets.token_hex(8)}", secret=secrets.token_hex(24)
+    )
+    try:
+        async with running_worker(
+            rabbitmq_url=rabbitmq_url,
+            mongo_url=mongo_url,
+            soketi=own,
+            names=names,
+            stats_interval_s=60,
+        ) as fanout:
+            yield fanout
+    finally:
+        own.stop()
 
 
 async def test_a_new_admin_receives_the_figures_at_once(rare_stats: Fanout) -> None:
