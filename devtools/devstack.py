@@ -105,6 +105,8 @@ class SoketiConfig:
     max_payload_kb: int = SOKETI_MAX_EVENT_PAYLOAD_KB
     webhooks: tuple[dict[str, Any], ...] = ()
     host: str = LOOPBACK
+    #: Serve Prometheus ``/metrics`` on ``metrics_port`` (loopback only).
+    metrics_enabled: bool = False
 
     def as_soketi_json(self) -> dict[str, Any]:
         """Render Soketi's flat dotted-key config, everything bound to loopback."""
@@ -123,7 +125,7 @@ class SoketiConfig:
             "debug": False,
             "appManager.array.apps": [app],
             "eventLimits.maxPayloadInKb": self.max_payload_kb,
-            "metrics.enabled": False,
+            "metrics.enabled": self.metrics_enabled,
             "metrics.host": LOOPBACK,
             "metrics.port": self.metrics_port,
             # Discovery uses unicast when set, so nothing is broadcast or multicast.
@@ -170,6 +172,11 @@ class SoketiServer(LocalService):
         return f"http://{self.host}:{self.port}"
 
     @property
+    def metrics_url(self) -> str:
+        """Soketi's Prometheus endpoint; it answers only when started with ``metrics=True``."""
+        return f"http://{self.host}:{self.config.metrics_port}/metrics"
+
+    @property
     def log_path(self) -> Path:
         return self.process.log_path
 
@@ -186,6 +193,7 @@ def start_soketi(
     webhooks: list[dict[str, Any]] | None = None,
     max_payload_kb: int = SOKETI_MAX_EVENT_PAYLOAD_KB,
     log_path: Path | None = None,
+    metrics: bool = False,
 ) -> SoketiServer:
     """Start Soketi on loopback with one app and return once its HTTP API answers."""
     if not SOKETI_BIN.exists():
@@ -201,6 +209,7 @@ def start_soketi(
         cluster_port=free_port(socket.SOCK_DGRAM),
         max_payload_kb=max_payload_kb,
         webhooks=tuple(webhooks or ()),
+        metrics_enabled=metrics,
     )
     workdir = temp_dir("bazaar-soketi-")
     config_path = workdir / "soketi.json"

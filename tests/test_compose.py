@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from worker.config import Settings
+from worker.web.presence import WEBHOOK_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("rabbitmq", "mongodb", "soketi", "worker")
@@ -80,12 +82,132 @@ def test_worker_and_soketi_share_credentials(compose: dict[str, Any], part: str)
     assert worker[f"SOKETI_APP_{part}"] == soketi[f"SOKETI_DEFAULT_APP_{part}"]
 
 
-def test_worker_credentials_have_local_defaults(compose: dict[str, Any]) -> None:
-    """Credentials come from compose variables with a fallback, so no .env file is needed."""
+def test_worker_public_app_values_have_local_defaults(compose: dict[str, Any]) -> None:
+    """The app id and the (public) key fall back to local values; the secret does not."""
     worker = environment(compose["services"]["worker"])
-    for name in ("SOKETI_APP_ID", "SOKETI_APP_KEY", "SOKETI_APP_SECRET"):
+    for name in ("SOKETI_APP_ID", "SOKETI_APP_KEY"):
         assert re.fullmatch(r"\$\{" + name + r":-[^}]+\}", worker[name]), name
     assert re.fullmatch(r"\$\{SOKETI_APP_ID:-[0-9]+\}", worker["SOKETI_APP_ID"])
+
+
+SECRETS = ("SOKETI_APP_SECRET", "AUTH_JWT_SECRET")
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string value (and mapping key) in a parsed YAML document: comments are gone."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+    elif isinstance(node, str):
+        yield node
+
+
+def compose_variables(compose: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
+    """Each ``${VAR...}`` compose interpolates -> the (operator, argument) pairs it is used with."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    for text in strings(compose):
+        for name, op, argument in VARIABLE.findall(text.replace("$$", "")):
+            found.setdefault(name, set()).add((op, argument))
+    return found
+
+
+def env_example() -> dict[str, str]:
+    """``.env.example`` as NAME -> value (comments and blank lines skipped)."""
+    values = {}
+    for line in (ROOT / ".env.example").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        assert sep and re.fullmatch(r"[A-Z_][A-Z0-9_]*", name), line
+        values[name] = value
+    return values
+
+
+def test_secrets_fail_loudly_when_unset(compose: dict[str, Any]) -> None:
+    """Each secret is ``${VAR:?message}`` everywhere it is used: no committed fallback, and a
+    missing .env stops ``docker compose up`` with a message saying what to set."""
+    variables = compose_variables(compose)
+    for name in SECRETS:
+        assert variables[name], name
+        for op, message in variables[name]:
+            assert op == ":?" and ".env" in message, (name, op, message)
+
+
+def test_worker_has_the_browser_side_on(compose: dict[str, Any]) -> None:
+    """The worker gets an auth mode with its secret, the forward URL and the CORS origins."""
+    worker = environment(compose["services"]["worker"])
+    mode = VARIABLE.fullmatch(worker["AUTH_MODE"])
+    assert mode is not None and mode.group(1) == "AUTH_MODE"
+    assert mode.group(3) in ("jwt", "forward")
+    for name in ("AUTH_JWT_SECRET", "AUTH_FORWARD_URL"):
+        variable = VARIABLE.fullmatch(worker[name])
+        assert variable is not None and variable.group(1) == name
+    origins = VARIABLE.fullmatch(worker["CORS_ALLOWED_ORIGINS"])
+    assert origins is not None and origins.group(1) == "CORS_ALLOWED_ORIGINS"
+    # The local defaults are valid setting values.
+    settings = Settings.model_validate(
+        {"soketi_app_id": "1", "soketi_app_key": "k", "soketi_app_secret": "s"}
+        | {"cors_allowed_origins": origins.group(3), "auth_mode": mode.group(3)},
+    )
+    assert settings.cors_allowed_origins and settings.auth_mode == mode.group(3)
+
+
+def test_soketi_webhooks_reach_the_worker(compose: dict[str, Any]) -> None:
+    """Soketi's app posts channel_occupied and channel_vacated to the worker's
+    ``/webhooks/soketi`` on its HTTP port, as Soketi parses the variable (JSON)."""
+    soketi = environment(compose["services"]["soketi"])
+    worker = environment(compose["services"]["worker"])
+    (webhook,) = json.loads(soketi["SOKETI_DEFAULT_APP_WEBHOOKS"])
+    assert webhook["url"] == f"http://worker:{worker['HTTP_PORT']}{WEBHOOK_PATH}"
+    assert set(webhook["event_types"]) == {"channel_occupied", "channel_vacated"}
+
+
+def test_soketi_metrics_server_is_on(compose: dict[str, Any]) -> None:
+    """Soketi serves Prometheus metrics on 9601, reachable on the compose network."""
+    soketi = compose["services"]["soketi"]
+    env = environment(soketi)
+    assert env["SOKETI_METRICS_ENABLED"] in ("1", "true")
+    assert env["SOKETI_METRICS_SERVER_PORT"] == "9601"
+    assert "9601" in [str(port).split(":")[-1] for port in soketi.get("expose", [])]
+
+
+def test_prometheus_scrapes_the_worker_and_soketi(compose: dict[str, Any]) -> None:
+    """deploy/prometheus/prometheus.yml scrapes the worker's HTTP port and Soketi's metrics."""
+    with (ROOT / "deploy" / "prometheus" / "prometheus.yml").open(encoding="utf-8") as file:
+        config = yaml.safe_load(file)
+    targets = {
+        job["job_name"]: [target for sc in job["static_configs"] for target in sc["targets"]]
+        for job in config["scrape_configs"]
+    }
+    worker_port = environment(compose["services"]["worker"])["HTTP_PORT"]
+    metrics_port = environment(compose["services"]["soketi"])["SOKETI_METRICS_SERVER_PORT"]
+    assert targets["bazaar-fanout"] == [f"worker:{worker_port}"]
+    assert targets["soketi"] == [f"soketi:{metrics_port}"]
+
+
+def test_every_compose_variable_is_in_env_example(compose: dict[str, Any]) -> None:
+    """An operator who copies .env.example to .env has a line for every ``${VAR}``."""
+    assert set(compose_variables(compose)) - set(env_example()) == set()
+
+
+def test_env_example_commits_no_secret() -> None:
+    """Secrets in .env.example are placeholders; nothing in it looks like a real credential."""
+    values = env_example()
+    for name in SECRETS:
+        assert values[name] == "change-me", name
+    for name, value in values.items():
+        if re.search(r"SECRET|PASSWORD|TOKEN", name):
+            assert value in ("", "change-me"), name
+        # No long random-looking string (hex, base64, JWT) anywhere.
+        assert not re.search(r"[A-Za-z0-9+/_=.-]{24,}", value) or "://" in value, name
+        assert not re.search(r"[0-9a-f]{16,}", value), name
 
 
 def test_stop_grace_period_exceeds_drain_timeout(compose: dict[str, Any]) -> None:

@@ -32,6 +32,9 @@ DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.
 DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 
 JOB = "bazaar-fanout"
+SOKETI_JOB = "soketi"
+# Soketi's metrics server in docker-compose.yml (SOKETI_METRICS_SERVER_PORT).
+SOKETI_METRICS_PORT = "9601"
 OPS_SERVICES = ("prometheus", "grafana")
 EXPECTED_ALERTS = {
     "FanoutDLQGrowing",
@@ -41,15 +44,43 @@ EXPECTED_ALERTS = {
     "FanoutWorkerDown",
     "FanoutBacklogGrowing",
     "FanoutEventLoopBlocked",
+    "FanoutSoketiDown",
+    "FanoutSoketiHttpApiErrors",
+    "FanoutSoketiNoConnections",
 }
 SEVERITIES = {"critical", "warning", "info"}
 # Labels Prometheus adds to every scraped series, and the one each histogram bucket carries.
 TARGET_LABELS = frozenset({"instance", "job"})
 # Prometheus's own per-target metric, the only non-worker series the rules may use.
 PROMETHEUS_SERIES = {"up": TARGET_LABELS}
+# The soketi_* samples the deploy files may use, with their labels: Soketi 1.6's prometheus
+# driver (app_id, port) and prom-client's default process metrics under the soketi_ prefix.
+# tests/integration/test_soketi_metrics.py checks every name here, and every soketi_* name
+# in deploy/, against the /metrics output of a running Soketi.
+_SOKETI_APP = frozenset({"app_id", "port"})
+SOKETI_SERIES: dict[str, frozenset[str]] = {
+    **{
+        f"soketi_{name}": _SOKETI_APP
+        for name in (
+            "connected",
+            "new_connections_total",
+            "new_disconnections_total",
+            "socket_received_bytes",
+            "socket_transmitted_bytes",
+            "ws_messages_received_total",
+            "ws_messages_sent_total",
+            "http_received_bytes",
+            "http_transmitted_bytes",
+            "http_calls_received_total",
+        )
+    },
+    "soketi_process_cpu_seconds_total": frozenset(),
+    "soketi_process_resident_memory_bytes": frozenset(),
+}
 
 METRIC_NAME = re.compile(r"\bbazaar_fanout_[a-z_]+\b")
-SELECTOR = re.compile(r"\b(bazaar_fanout_[a-z_]+|up)\s*\{([^}]*)\}")
+SOKETI_METRIC_NAME = re.compile(r"\bsoketi_[a-z_]+\b")
+SELECTOR = re.compile(r"\b(bazaar_fanout_[a-z_]+|soketi_[a-z_]+|up)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 LEGEND_LABEL = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
@@ -163,6 +194,8 @@ def labels_in_scope(expr: str, exported: dict[str, frozenset[str]]) -> set[str]:
     scope = set(TARGET_LABELS) | {"le"}
     for name in METRIC_NAME.findall(expr):
         scope |= exported.get(name, frozenset())
+    for name in SOKETI_METRIC_NAME.findall(expr):
+        scope |= SOKETI_SERIES.get(name, frozenset())
     return scope
 
 
@@ -246,14 +279,42 @@ def test_prometheus_config_scrapes_the_worker_and_loads_the_rules(
     ]
 
 
-def test_alerts_watch_the_scraped_job(alerts: dict[str, Any]) -> None:
-    """Every ``job=`` selector in the rules names the job prometheus.yml scrapes."""
-    jobs = {
+def test_prometheus_config_scrapes_soketi_metrics(compose: dict[str, Any]) -> None:
+    """prometheus.yml scrapes Soketi's metrics server on the port compose enables it on."""
+    config = load_yaml(PROMETHEUS)
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == SOKETI_JOB]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    env = compose["services"]["soketi"]["environment"]
+    assert str(env["SOKETI_METRICS_ENABLED"]) in ("1", "true")
+    assert str(env["SOKETI_METRICS_SERVER_PORT"]) == SOKETI_METRICS_PORT
+    assert [target for sc in job["static_configs"] for target in sc["targets"]] == [
+        f"soketi:{SOKETI_METRICS_PORT}"
+    ]
+
+
+def test_alerts_watch_the_scraped_jobs(dashboard: dict[str, Any], alerts: dict[str, Any]) -> None:
+    """Every ``job=`` selector in the rules and the dashboard names a job prometheus.yml scrapes,
+    and the rules watch both: the worker and Soketi."""
+    scraped = {job["job_name"] for job in load_yaml(PROMETHEUS)["scrape_configs"]}
+    rule_jobs = {
         value
         for rule in alert_rules(alerts)
         for value in re.findall(r'job="([^"]*)"', rule["expr"])
     }
-    assert jobs == {JOB}
+    assert rule_jobs == {JOB, SOKETI_JOB} == scraped
+    for expr in all_exprs(dashboard, alerts):
+        assert set(re.findall(r'job="([^"]*)"', expr)) <= scraped, expr
+
+
+def test_soketi_alerts_exist(alerts: dict[str, Any]) -> None:
+    """Soketi down is ``up{job="soketi"} == 0``; a rule watches Soketi's HTTP API and one its
+    connections against the worker's deliveries."""
+    rules = {rule["alert"]: " ".join(str(rule["expr"]).split()) for rule in alert_rules(alerts)}
+    assert rules["FanoutSoketiDown"].startswith(f'up{{job="{SOKETI_JOB}"}} == 0')
+    assert "soketi_http_calls_received_total" in rules["FanoutSoketiHttpApiErrors"]
+    no_connections = rules["FanoutSoketiNoConnections"]
+    assert "soketi_connected" in no_connections
+    assert 'bazaar_fanout_messages_total{outcome="delivered"}' in no_connections
 
 
 # --- metric names and labels -------------------------------------------------------------
@@ -270,6 +331,38 @@ def test_metric_names_are_exported(
     assert referenced - set(exported) == set()
 
 
+def test_soketi_metric_names_are_known(dashboard: dict[str, Any], alerts: dict[str, Any]) -> None:
+    """Every ``soketi_*`` name in the dashboard and rules is one Soketi exports (SOKETI_SERIES),
+    and every Soketi selector is restricted to the soketi job."""
+    referenced = {
+        name for expr in all_exprs(dashboard, alerts) for name in SOKETI_METRIC_NAME.findall(expr)
+    }
+    assert referenced - set(SOKETI_SERIES) == set()
+    for expr in all_exprs(dashboard, alerts):
+        for metric, body in SELECTOR.findall(expr):
+            if metric.startswith("soketi_"):
+                assert f'job="{SOKETI_JOB}"' in body, expr
+
+
+def test_dashboard_has_a_soketi_row(dashboard: dict[str, Any]) -> None:
+    """A "Soketi server" row shows connections, messages sent and received, HTTP API calls."""
+    titles = [panel["title"] for panel in dashboard["panels"]]
+    start = titles.index("Soketi server")
+    row = []
+    for panel in dashboard["panels"][start + 1 :]:
+        if panel["type"] == "row":
+            break
+        row.extend(target["expr"] for target in panel.get("targets", []))
+    queried = " ".join(row)
+    for name in (
+        "soketi_connected",
+        "soketi_ws_messages_sent_total",
+        "soketi_ws_messages_received_total",
+        "soketi_http_calls_received_total",
+    ):
+        assert name in queried, name
+
+
 def test_every_exported_metric_is_on_the_dashboard(
     dashboard: dict[str, Any], exported: dict[str, frozenset[str]]
 ) -> None:
@@ -284,7 +377,7 @@ def test_selectors_use_known_labels_and_closed_values(
 ) -> None:
     """Matchers name labels the metric has; closed-set labels match a value the worker sets."""
     closed = closed_label_values()
-    known = {**exported, **PROMETHEUS_SERIES}
+    known = {**exported, **PROMETHEUS_SERIES, **SOKETI_SERIES}
     checked = 0
     for expr in all_exprs(dashboard, alerts):
         for metric, body in SELECTOR.findall(expr):
