@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from pydantic.alias_generators import to_camel
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-SOCKET_ID_PATTERN = r"^\d+\.\d+$"
+SOCKET_ID_PATTERN = r"^[0-9]+\.[0-9]+$"  # ASCII digits only: \d also matches "٣"
 
 #: An id as the contract defines it: 1-64 chars of ``[A-Za-z0-9_-]``, so it can never
 #: inject a ``-``-free separator such as ``,``/``.``/space into a channel name.

@@ -172,6 +172,11 @@ class Settings(BrokerSettings):
     # recently used go first.
     lookup_cache_size: int = Field(default=10_000, ge=1)
 
+    # -- the HTTP edge: slow clients (worker/web/server.py, worker/web/body.py) --
+    # A connection gets this long to send a whole request's headers (and to send the next
+    # one, kept alive), then it is closed; a request's body gets as long again (408 JSON).
+    http_client_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
     # -- operations --
     prefetch_count: int = Field(default=200, ge=1, le=65535)
     max_payload_kb: int = Field(default=100, ge=1)

@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -66,3 +67,37 @@ class UtcStamper:
             self._second = (second, prefix)
         event_dict["timestamp"] = f"{prefix}.{nanos // 1000:06d}Z"
         return event_dict
+
+
+class OneLineHandler(logging.Handler):
+    """Routes a stdlib logger's records (a library's) through structlog as one short line.
+
+    The record's message and its exception's text and traceback are left out: a library
+    formats what it received (a header, a body) into them, and that may be a caller's
+    token. What stays: ``event``, the exception's class as ``cause``, an HTTP status when
+    it has one, and the innermost frame as ``where``. ``level_of`` picks the level from the
+    exception (``None`` when there is none).
+    """
+
+    def __init__(self, event: str, level_of: Callable[[BaseException | None], str]) -> None:
+        super().__init__()
+        self._event = event
+        self._level_of = level_of
+        self._log = structlog.get_logger("fanout")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` as one structlog line at the level ``level_of`` picks."""
+        error = record.exc_info[1] if record.exc_info else None
+        fields: dict[str, Any] = {"logger": record.name}
+        if error is not None:
+            fields["cause"] = type(error).__name__
+            status = getattr(error, "code", None)
+            if isinstance(status, int):
+                fields["status"] = status
+            frame = error.__traceback__
+            while frame is not None and frame.tb_next is not None:
+                frame = frame.tb_next
+            if frame is not None:
+                code = frame.tb_frame.f_code
+                fields["where"] = f"{Path(code.co_filename).name}:{frame.tb_lineno}"
+        getattr(self._log, self._level_of(error))(self._event, **fields)

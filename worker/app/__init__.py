@@ -89,7 +89,12 @@ async def run(
         }
         alive = heartbeat.alive(settings.loop_blocked_limit_s)
         app = server.build_app(metrics, checks, alive=alive, routes=web_routes)
-        http = await server.start(app, settings.http_host, settings.http_port)
+        http = await server.start(
+            app,
+            settings.http_host,
+            settings.http_port,
+            client_timeout_s=settings.http_client_timeout_s,
+        )
         stack.push_async_callback(http.close)
         await subscription.start()
         # Announced only once its consumers are on every shard: whoever sees this worker in

@@ -4,8 +4,9 @@ Every answer is JSON. In order of the checks::
 
     503 {"error": "auth_disabled"}       AUTH_JWT_SECRET (jwt) or AUTH_FORWARD_URL (forward)
                                          is not set
-    400 {"error": "invalid_body" | "body_too_large" | "invalid_socket_id"
+    400 {"error": "invalid_body" | "body_too_large" | "body_incomplete" | "invalid_socket_id"
                   | "missing_channel_name"}
+    408 {"error": "body_timeout"}        the body did not arrive within HTTP_CLIENT_TIMEOUT_S
     401 {"error": "missing_token" | "token_expired" | "bad_signature" | "not_signed_in" | ...}
     503 {"error": "auth_unreachable" | "auth_backend_error" | "auth_backend_invalid"}
                                          the backend could not say who calls (forward)
@@ -16,13 +17,13 @@ Every answer is JSON. In order of the checks::
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
+import orjson
 import structlog
 from aiohttp import web
 from pusher.authentication_client import AuthenticationClient
@@ -30,6 +31,7 @@ from pusher.authentication_client import AuthenticationClient
 from schemas.base import SOCKET_ID_PATTERN
 from worker.metrics import Metrics
 from worker.web.auth.guard import ChannelGuard, Verdict
+from worker.web.body import BodyError, read_bounded
 
 log = structlog.get_logger("fanout")
 
@@ -43,9 +45,10 @@ _NO_STORE: Final = {"Cache-Control": "no-store"}
 class BadRequest(Exception):
     """The body is not what pusher-js sends; ``reason`` is a short machine code."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,7 @@ class AuthEndpoints:
             if not channel:
                 raise BadRequest("missing_channel_name")
         except BadRequest as error:
-            return Verdict(400, error.reason), {}
+            return Verdict(error.status, error.reason), {}
         verdict = await self.guard.check(request, channel)
         if verdict.status != 200:
             return verdict, {}
@@ -88,7 +91,7 @@ class AuthEndpoints:
         try:
             socket_id = _socket_id(await read_fields(request))
         except BadRequest as error:
-            return Verdict(400, error.reason), {}
+            return Verdict(error.status, error.reason), {}
         subject = await self.guard.identify(request)
         if isinstance(subject, Verdict):
             return subject, {}
@@ -120,18 +123,13 @@ class AuthEndpoints:
 
 async def read_fields(request: web.Request) -> dict[str, str]:
     """The string fields of a form-encoded (pusher-js) or JSON body, at most 8 KiB."""
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise BadRequest("body_too_large")
-    raw = bytearray()
-    while len(raw) <= MAX_BODY_BYTES:  # read() may return less than asked before the end
-        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
-        if not chunk:
-            break
-        raw += chunk
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest("body_too_large")
+    try:
+        raw = await read_bounded(request, MAX_BODY_BYTES)
+    except BodyError as error:
+        # A body too large is a bad pusher-js request (400), as it always was.
+        raise BadRequest(error.reason, 408 if error.status == 408 else 400) from None
     if request.content_type == "application/json":
-        return _json_fields(bytes(raw))
+        return _json_fields(raw)
     try:
         pairs = parse_qsl(
             raw.decode("utf-8"),
@@ -149,8 +147,10 @@ async def read_fields(request: web.Request) -> dict[str, str]:
 
 def _json_fields(raw: bytes) -> dict[str, str]:
     try:
-        data = json.loads(raw)
-    except ValueError:
+        # orjson refuses nesting past 1024 levels and invalid UTF-8 with JSONDecodeError,
+        # where json.loads would raise RecursionError on "[[[[...".
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise BadRequest("invalid_body") from None
     if not isinstance(data, dict):
         raise BadRequest("invalid_body")

@@ -106,6 +106,14 @@ def _at(document: Any, path: tuple[str, ...]) -> object:
     return document
 
 
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def _read_at_most(content: aiohttp.StreamReader, limit: int) -> bytes:
     """The body, or its first ``limit`` bytes (``read(n)`` may return less before the end)."""
     body = bytearray()
@@ -140,6 +148,9 @@ class ForwardAuthenticator:
         credentials = credentials_of(request.headers, self._rules.cookies)
         if not credentials:
             raise Unauthenticated("missing_credentials")
+        if not all(_encodable(value) for value in credentials.values()):
+            # aiohttp reads non-UTF-8 header bytes as surrogates: they cannot be forwarded.
+            raise Unauthenticated("malformed_credentials")
         key = self._digest(credentials)
         return (await self._cache.get(key, lambda: self._ask(credentials)),)
 

@@ -31,7 +31,13 @@ class Verdict:
         return _OUTCOMES.get(self.status, "unavailable")
 
 
-_OUTCOMES: Final = {200: "allowed", 400: "invalid", 401: "unauthenticated", 403: "forbidden"}
+_OUTCOMES: Final = {
+    200: "allowed",
+    400: "invalid",
+    401: "unauthenticated",
+    403: "forbidden",
+    408: "invalid",  # the body came too slowly: a client fault like a malformed one
+}
 
 
 class ChannelGuard:

@@ -74,6 +74,8 @@ def verify_token(token: str, secret: str, rules: JwtRules = DEFAULT_RULES) -> Su
         raise Unauthenticated("missing_token")
     if len(token) > MAX_TOKEN_CHARS:
         raise Unauthenticated("token_too_long")
+    if not token.isascii():  # a JWT is base64url and dots; other bytes would not even encode
+        raise Unauthenticated("malformed_token")
     try:
         claims = jwt.decode(
             token,

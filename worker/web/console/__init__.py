@@ -39,6 +39,7 @@ from worker.events import message_of
 from worker.ops import dlq
 from worker.ops.publish import UsageError, complete, validate
 from worker.web import auth
+from worker.web.body import BodyError, read_bounded
 from worker.web.console.sampler import Sampler
 from worker.web.context import Task, WebContext
 
@@ -252,11 +253,10 @@ class Console:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "body_too_large")
+    try:
+        raw = await read_bounded(request, MAX_BODY_BYTES)  # chunked bodies are counted too
+    except BodyError as error:
+        raise ApiError(error.status, error.reason) from None
     try:
         body = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError:
