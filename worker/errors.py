@@ -10,6 +10,8 @@
      ├── TransientError        -> retry with backoff, then dead-letter ``retries_exhausted``
      │    ├── SoketiUnavailable     connection refused/reset, timeout, 5xx, 429
      │    └── StoreUnavailable      MongoDB unreachable or timing out
+     │         └── PushedUnrecorded  Soketi accepted, the pushed mark failed: retried with
+     │                               ``fanout-pushed``, which only marks, never pushes again
      ├── Misconfigured         -> stop consuming and say so loudly; the message goes back
      │                            to the queue untouched (Soketi says 401/403: wrong credentials)
      └── Interrupted           -> the worker stops while holding the message: back to the queue
@@ -27,6 +29,9 @@ class FanoutError(Exception):
     #: Set by the pipeline once the message parsed, so settle can log and count it by type.
     event_type: str | None = None
     event_id: str | None = None
+    #: ``(deliveries, age_s)`` when Soketi already accepted the event: whatever retries the
+    #: message must only mark it pushed (settle carries this in ``fanout-pushed``).
+    pushed: tuple[int, float] | None = None
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(_one_line(message))
@@ -72,6 +77,14 @@ class StoreUnavailable(TransientError):
     """MongoDB could not be reached or timed out."""
 
     reason = "store_unavailable"
+
+
+class PushedUnrecorded(StoreUnavailable):
+    """Soketi accepted the event but its pushed mark could not be written (MongoDB down)."""
+
+    def __init__(self, message: str, *, deliveries: int, age_s: float) -> None:
+        super().__init__(message)
+        self.pushed = (deliveries, age_s)
 
 
 class Interrupted(FanoutError):

@@ -19,6 +19,12 @@ REASON = "fanout-reason"
 ERROR = "fanout-error"
 ATTEMPTS = "fanout-attempts"
 FIRST_FAILED_AT = "fanout-first-failed-at"
+#: Soketi accepted this message's event (``PUSHED`` deliveries, ``PUSHED_AGE_MS`` after it
+#: occurred) but the pushed mark was not written: a worker receiving it only marks it.
+PUSHED = "fanout-pushed"
+PUSHED_AGE_MS = "fanout-pushed-age-ms"
+#: ``fanout-*`` headers a DLQ replay must keep: a replay of a pushed event only marks it.
+KEPT_ON_REPLAY = frozenset({PUSHED, PUSHED_AGE_MS})
 
 
 def dead_letter_headers(
@@ -28,6 +34,7 @@ def dead_letter_headers(
     error: str,
     attempts: int,
     first_failed_at: datetime | None = None,
+    pushed: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """The original headers plus the contract's ``fanout-*`` dead-letter headers."""
     first = original.get(FIRST_FAILED_AT)
@@ -39,7 +46,28 @@ def dead_letter_headers(
         ERROR: error,
         ATTEMPTS: attempts,
         FIRST_FAILED_AT: first,
+        **pushed_headers(pushed),
     }
+
+
+def pushed_headers(pushed: tuple[int, float] | None) -> dict[str, int]:
+    """The ``fanout-pushed`` headers for ``(deliveries, age_s)``; none for ``None``."""
+    if pushed is None:
+        return {}
+    deliveries, age_s = pushed
+    return {PUSHED: int(deliveries), PUSHED_AGE_MS: max(0, round(age_s * 1000))}
+
+
+def pushed_of(message: AbstractIncomingMessage) -> tuple[int, float] | None:
+    """``(deliveries, age_s)`` if the message says Soketi already accepted its event."""
+    headers = message.headers or {}
+    deliveries = headers.get(PUSHED)
+    if isinstance(deliveries, bool) or not isinstance(deliveries, int) or deliveries < 0:
+        return None
+    age_ms = headers.get(PUSHED_AGE_MS, 0)
+    if isinstance(age_ms, bool) or not isinstance(age_ms, int | float):
+        age_ms = 0
+    return deliveries, max(0.0, age_ms / 1000)
 
 
 def attempts_of(message: AbstractIncomingMessage) -> int:
@@ -71,12 +99,15 @@ async def schedule_retry(
     attempts: int,
     first_failed_at: datetime,
     error: str,
+    pushed: tuple[int, float] | None = None,
 ) -> None:
-    """Publish ``message`` (confirmed) to a delay tier with its attempt count; do not settle it."""
+    """Publish ``message`` (confirmed) to a delay tier with its attempt count (and, when
+    Soketi already accepted it, ``fanout-pushed``); do not settle it."""
     headers = dict(message.headers or {})
     headers.setdefault(FIRST_FAILED_AT, first_failed_at.isoformat(timespec="milliseconds"))
     headers[ATTEMPTS] = attempts
     headers[ERROR] = error
+    headers.update(pushed_headers(pushed))
     await exchange.publish(copy_of(message, headers), routing_key=message.routing_key or "")
 
 
@@ -101,9 +132,13 @@ async def dead_letter(
     reason: str,
     error: str,
     attempts: int,
+    pushed: tuple[int, float] | None = None,
 ) -> None:
-    """Publish ``message`` to the dead-letter path (confirmed) with its reason; do not settle it."""
+    """Publish ``message`` to the dead-letter path (confirmed) with its reason; do not settle it.
+
+    A message whose event Soketi accepted keeps (or gains) ``fanout-pushed``, so a replay of
+    it only marks it pushed."""
     headers = dead_letter_headers(
-        dict(message.headers or {}), reason=reason, error=error, attempts=attempts
+        dict(message.headers or {}), reason=reason, error=error, attempts=attempts, pushed=pushed
     )
     await exchange.publish(copy_of(message, headers), routing_key=message.routing_key or "")

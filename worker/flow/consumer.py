@@ -172,18 +172,24 @@ class Consumer:
         held: FanoutError | None = None
         # A first delivery cannot have been recorded in history by an earlier attempt.
         maybe_recorded = message.redelivered or broker.attempts_of(message) > 0
+        # Soketi accepted it already (an earlier attempt, here or in another process): only mark.
+        pushed = broker.pushed_of(message)
         while True:
             if not await self._gate():
                 interrupted = Interrupted("worker stopping while a downstream was unavailable")
                 if held is not None:  # it parsed: count the requeue under its type, not "invalid"
                     interrupted.event_type, interrupted.event_id = held.event_type, held.event_id
+                # Settle republishes it with ``fanout-pushed`` instead of requeueing it bare.
+                interrupted.pushed = pushed
                 return interrupted
             try:
                 result = await self.pipeline.process(
-                    message.body, turn, maybe_recorded=maybe_recorded
+                    message.body, turn, maybe_recorded=maybe_recorded, pushed=pushed
                 )
             except Exception as error:  # settle decides by the error's class
                 maybe_recorded = True
+                if isinstance(error, FanoutError) and error.pushed is not None:
+                    pushed = error.pushed
                 circuit = self.circuits.owner(error)
                 if circuit is None or not isinstance(error, FanoutError):
                     return error

@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 from handlers import route
 from handlers.model import Delivery, Store
 from schemas import EPHEMERAL_TYPES, Event
-from worker.errors import FanoutError, TransientError
+from worker.errors import FanoutError, PushedUnrecorded, StoreUnavailable, TransientError
 from worker.events import parse
 from worker.flow.ids import InFlightIds, Unrecorded
 from worker.flow.lanes import NUMBER, SEND, UNORDERED, Turn
@@ -101,7 +101,8 @@ class Pipeline:
 
     Built once by the wiring with its collaborators (typed by protocol). It owns the
     process's memory of ids in flight (the consumer holds a message's id from arrival to
-    settlement) and of ids pushed but not recorded.
+    settlement) and of ids pushed but not recorded. The latter also travels with the message:
+    ``PushedUnrecorded`` -> settle -> the ``fanout-pushed`` header -> ``process(pushed=...)``.
     """
 
     def __init__(
@@ -126,21 +127,37 @@ class Pipeline:
         self.unrecorded = Unrecorded()
 
     async def process(
-        self, body: bytes, turn: Turn = UNORDERED, *, maybe_recorded: bool = True
+        self,
+        body: bytes,
+        turn: Turn = UNORDERED,
+        *,
+        maybe_recorded: bool = True,
+        pushed: tuple[int, float] | None = None,
     ) -> Result:
         """Parse, then deliver once (or drop, for ephemeral events); the caller finishes
-        ``turn`` afterwards."""
+        ``turn`` afterwards.
+
+        ``pushed`` (``(deliveries, age_s)``, from the message's ``fanout-pushed`` header) says
+        Soketi already accepted the event: it is only marked pushed, never sent again.
+        """
         event = parse(body)
         try:
             if event.type in EPHEMERAL_TYPES:
                 return await self._process_ephemeral(event, turn)
-            return await self._deliver_once(event, turn, maybe_recorded)
+            return await self._deliver_once(event, turn, maybe_recorded, pushed)
         except FanoutError as error:
             error.event_type, error.event_id = event.type, event.id
             raise
 
-    async def _deliver_once(self, event: Event, turn: Turn, maybe_recorded: bool = False) -> Result:
-        pushed = self.unrecorded.get(event.id)
+    async def _deliver_once(
+        self,
+        event: Event,
+        turn: Turn,
+        maybe_recorded: bool = False,
+        pushed: tuple[int, float] | None = None,
+    ) -> Result:
+        if pushed is None:
+            pushed = self.unrecorded.get(event.id)
         if pushed is None:
             handler = route(event)
             # The duplicate check and the lookups go out together: a duplicate is rare, and its
@@ -164,9 +181,15 @@ class Pipeline:
             pushed = (len(deliveries), self.clock() - event.timestamp_ms / 1000)
         try:
             await self.processed.record((event.id,))
-        except BaseException:
+        except BaseException as error:
             # Soketi has it: whatever retries this event must only record it, not push again.
+            # This process remembers it (another copy of the id, a redelivery after a failed
+            # settle); the error carries it to the retry tier's copy (``fanout-pushed``).
             self.unrecorded.add(event.id, *pushed)
+            if isinstance(error, StoreUnavailable) and not isinstance(error, PushedUnrecorded):
+                raise PushedUnrecorded(str(error), deliveries=pushed[0], age_s=pushed[1]) from error
+            if isinstance(error, FanoutError):
+                error.pushed = pushed  # settle keeps ``fanout-pushed`` on whatever copy it makes
             raise
         self.unrecorded.discard(event.id)
         return Result(event, "delivered", *pushed)

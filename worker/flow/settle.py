@@ -71,6 +71,24 @@ async def settle(
         )
     error_type, error_id = _identity(result)
     attempts = broker.attempts_of(message) + 1
+    # Soketi accepted the event but its mark failed: the copy says so (``fanout-pushed``),
+    # so whichever worker gets it next only marks it. A plain requeue would lose that.
+    pushed = result.pushed if isinstance(result, FanoutError) else None
+    if isinstance(result, Interrupted) and pushed is not None and paths.retries:
+        first = broker.first_failed_at(message) or datetime.now(UTC)
+        tier = paths.retries[0]  # not counted as an attempt: the worker stopped, not the event
+        await _bounded(
+            broker.schedule_retry(
+                tier,
+                message,
+                attempts=attempts - 1,
+                first_failed_at=first,
+                error=str(result),
+                pushed=pushed,
+            )
+        )
+        retried = Settled("retried", tier.name.rsplit(".", 1)[-1], error_type, error_id)
+        return await _ack(message, retried)
     if isinstance(result, Misconfigured | Interrupted):
         # Not the message's fault: back to the queue untouched, for this or another worker.
         await _bounded(message.nack(requeue=True))
@@ -82,7 +100,12 @@ async def settle(
             tier = paths.retries[attempts - 1]
             await _bounded(
                 broker.schedule_retry(
-                    tier, message, attempts=attempts, first_failed_at=first, error=str(result)
+                    tier,
+                    message,
+                    attempts=attempts,
+                    first_failed_at=first,
+                    error=str(result),
+                    pushed=pushed,
                 )
             )
             retried = Settled("retried", tier.name.rsplit(".", 1)[-1], error_type, error_id)
@@ -99,7 +122,12 @@ async def settle(
         return await _ack(message, Settled("duplicate", "already_parked", error_type, error_id))
     await _bounded(
         broker.dead_letter(
-            paths.dead, message, reason=reason, error=detail[:500], attempts=attempts
+            paths.dead,
+            message,
+            reason=reason,
+            error=detail[:500],
+            attempts=attempts,
+            pushed=pushed,
         )
     )
     # Remembered whether or not the ack below seems to go through: basic.ack has no reply, and

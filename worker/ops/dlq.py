@@ -188,7 +188,13 @@ async def replay(
                 delay = started + done / rate_per_s - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            headers = {k: v for k, v in letter.headers.items() if not k.startswith("fanout-")}
+            # Attempts and reasons start afresh; the fact that Soketi already has the event
+            # (fanout-pushed) stays, so the replay only records it.
+            headers = {
+                k: v
+                for k, v in letter.headers.items()
+                if not k.startswith("fanout-") or k in broker.KEPT_ON_REPLAY
+            }
             headers["fanout-replayed-at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
             try:
                 await back.publish(
