@@ -23,3 +23,23 @@ def test_readme_has_the_runbook_anchors_the_alerts_link_to() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "\n### Alerts\n" in readme
     assert "\n### DLQ runbook\n" in readme
+
+
+def test_readme_metrics_table_lists_every_exported_metric() -> None:
+    """Every metric the worker exports has a row in the README's metrics table."""
+    from worker.metrics import PREFIX, Metrics
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### Metrics") : readme.index("### Alerts")]
+    exported = {metric.name for metric in Metrics.create().registry.collect()}
+    rows = {name.removeprefix(f"{PREFIX}_") for name in exported}
+    missing = {r for r in rows if f"`{r}`" not in table and f"`{r}_total`" not in table}
+    assert missing == set()
+
+
+def test_contract_says_where_a_replay_goes_as_the_code_does() -> None:
+    """The contract's DLQ replay row names the worker's own return exchange, as dlq.py uses."""
+    contract = (ROOT / "docs" / "CONTRACT.md").read_text(encoding="utf-8")
+    source = (ROOT / "worker" / "ops" / "dlq.py").read_text(encoding="utf-8")
+    assert "{WORKER_QUEUE}.return" in contract
+    assert 'get_exchange(f"{settings.worker_queue}.return"' in source

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import structlog
+import structlog.testing
 
 from handlers.model import Account, Product
 from tests.unit.fakes import Processed, Soketi
@@ -232,3 +234,19 @@ async def test_a_failed_ack_counts_what_was_done_once_and_gives_the_message_back
     await consumer.handle(again)  # type: ignore[arg-type]
     assert len(dead.published) == 1
     assert again.settled == ["ack"]
+
+
+async def test_the_settled_line_carries_the_envelopes_version_source_and_correlation() -> None:
+    """The one log line per message carries the envelope's ``version``, ``source`` and
+    ``correlationId``, as the contract's section 2 promises."""
+    envelope = orjson.loads(_chat(1))
+    envelope.update(version=2, source="bazaar-backend", correlationId="req-7")
+    consumer = _consumer(Soketi(), Exchange())
+    with structlog.testing.capture_logs() as lines:
+        await consumer.handle(Message(orjson.dumps(envelope)))  # type: ignore[arg-type]
+    [settled] = [line for line in lines if line["event"] == "fanout.message_settled"]
+    assert (settled["version"], settled["source"], settled["correlation_id"]) == (
+        2,
+        "bazaar-backend",
+        "req-7",
+    )

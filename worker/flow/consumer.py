@@ -252,8 +252,10 @@ class Consumer:
             "duration_ms": round(duration_s * 1000, 2),
             "routing_key": message.routing_key,
         }
-        if isinstance(result, Result):
+        if isinstance(result, Result):  # the envelope's own bookkeeping (contract section 2)
             fields["correlation_id"] = result.event.correlation_id
+            fields["source"] = result.event.source
+            fields["version"] = result.event.version
         if settled.reason:
             fields["reason"] = settled.reason
         if isinstance(result, BaseException):
