@@ -57,16 +57,21 @@ async def _run(
 
 
 async def test_node_test_suite_passes_against_the_real_broker(
-    rabbitmq_url: str, names: Names
+    rabbitmq_url: str, mongo_url: str, names: Names
 ) -> None:
-    """`npm test` in clients/node passes, its broker tests included (none skipped)."""
+    """`npm test` in clients/node passes, its broker and outbox tests included (none skipped)."""
     names.exchange_named("unbound")  # the node test's unroutable exchange, cleaned up either way
     assert NPM is not None
     code, out, err = await _run(
         NPM,
         "test",
         "--silent",
-        env={"FANOUT_TEST_AMQP_URL": rabbitmq_url, "FANOUT_TEST_EXCHANGE": names.exchange},
+        env={
+            "FANOUT_TEST_AMQP_URL": rabbitmq_url,
+            "FANOUT_TEST_EXCHANGE": names.exchange,
+            "FANOUT_TEST_MONGODB_URL": mongo_url,
+            "FANOUT_TEST_MONGODB_DB": names.db,
+        },
     )
     report = f"stdout:\n{out[-6000:]}\nstderr:\n{err[-3000:]}"
     assert code == 0, report

@@ -48,5 +48,12 @@ def test_node_dependencies_are_pinned_exactly_and_locked() -> None:
         )
         assert lock["packages"][f"node_modules/{name}"]["version"] == version
     assert lock["packages"][""]["dependencies"] == deps
+    # The outbox takes the caller's own MongoDB Db; the driver is only for the tests.
+    dev = package.get("devDependencies", {})
+    assert set(dev) <= {"mongodb"}
+    for name, version in dev.items():
+        assert all(c.isdigit() or c == "." for c in version), f"{name} not pinned: {version}"
+        assert lock["packages"][f"node_modules/{name}"]["version"] == version
+    assert lock["packages"][""].get("devDependencies", {}) == dev
     assert package["type"] == "module"
     assert package["scripts"]["test"] == "node --test"

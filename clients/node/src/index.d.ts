@@ -1,5 +1,6 @@
 import type { ErrorObject } from "ajv";
 import type { Options } from "amqplib";
+import type { ClientSession, Collection, Db } from "mongodb";
 
 /** The event types of the contract's catalogue (CONTRACT.md §3). */
 export type EventType =
@@ -107,3 +108,64 @@ export function newEventId(): string;
  * `data.orderId` of `order.*`/`payment.*`; undefined for other events.
  */
 export function laneOf(envelope: Envelope<string, unknown>): string | undefined;
+
+/** A document of the outbox collection. */
+export interface OutboxEntry {
+  /** The envelope id. */
+  _id: string;
+  envelope: Envelope;
+  createdAt: Date;
+  /** Set by the relay once the broker confirmed the envelope; null while pending. */
+  sentAt: Date | null;
+  /** Orders entries added within one millisecond (microseconds, increasing per process). */
+  seq: number;
+}
+
+export interface OutboxOptions {
+  /** A Db of the official `mongodb` driver (the same client the caller's session belongs to). */
+  db: Db;
+  /** Default "outbox". */
+  collection?: string;
+  /** Publishes for the relay; only needed by `start()`. */
+  publisher?: Pick<Publisher, "publish">;
+  /** Put in each envelope's `source` unless `add` is given one. */
+  source?: string;
+  /** Entries read per query. Default 100. */
+  batchSize?: number;
+  /** How often an idle relay looks for entries committed by other processes. Default 1000. */
+  pollIntervalMs?: number;
+  /** Retry delays while RabbitMQ or MongoDB is down, doubling. Defaults 100 and 30000. */
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** Told of every failure the relay retries (PublishFailed, connection and MongoDB errors). */
+  onError?: (error: unknown) => void;
+  /** Called after the broker confirmed an entry, before it is marked sent (tests). */
+  onPublished?: (entry: OutboxEntry) => void | Promise<void>;
+}
+
+export interface Outbox {
+  readonly collection: Collection<OutboxEntry>;
+  /**
+   * Build and validate the envelope exactly as `publish` does (throwing EnvelopeInvalid before
+   * any write) and insert it as pending; with `{ session }` inside the caller's transaction.
+   */
+  add<D = Record<string, unknown>>(
+    type: EventType,
+    data: D,
+    options?: PublishOptions,
+    write?: { session?: ClientSession },
+  ): Promise<Envelope<EventType, D>>;
+  /** Up to `limit` pending entries, oldest first. */
+  pending(limit?: number): Promise<OutboxEntry[]>;
+  /**
+   * Start the relay: publish pending entries in order with confirms and mark them sent,
+   * retrying with backoff while the broker is down. Idempotent; settles when it stops.
+   */
+  start(): Promise<void>;
+  /** Stop the relay after the entry in flight; does not close the publisher. */
+  stop(): Promise<void>;
+  readonly running: boolean;
+}
+
+export const DEFAULT_OUTBOX_COLLECTION: "outbox";
+export function createOutbox(options: OutboxOptions): Outbox;

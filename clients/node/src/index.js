@@ -251,3 +251,5 @@ export function createPublisher({
 
   return { exchange, publish, close };
 }
+
+export { DEFAULT_OUTBOX_COLLECTION, createOutbox } from "./outbox.js";
