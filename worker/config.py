@@ -72,6 +72,8 @@ class BrokerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=False)
 
+    # One URL, or a cluster's nodes comma-separated (amqp://a/,amqp://b/): tried in order, and
+    # the worker reconnects to the next when its node goes (worker/broker/connections.py).
     rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     events_exchange: str = Field(default="bazaar.events", min_length=1)
     worker_queue: str = Field(default="bazaar.fanout", min_length=1)
