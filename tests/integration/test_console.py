@@ -35,6 +35,7 @@ CHROMIUM_ARGS = [
 ]
 HAVE_CHROMIUM = Path(CHROMIUM).is_file()
 SCREENSHOTS = Path(__file__).parents[1] / "screenshots"
+DOCS = Path(__file__).parents[2] / "docs"
 JWT_SECRET = secrets.token_hex(32)
 WAIT_MS = 20_000
 
@@ -91,6 +92,8 @@ async def fanout(
         soketi=own_soketi,
         names=names,
         auth_jwt_secret=JWT_SECRET,
+        # One queue sample at start and none during a test: the DLQ depth shown must be live.
+        queue_sample_interval_s=3600,
     ) as running:
         yield running
 
@@ -99,7 +102,9 @@ async def fanout(
 async def market(fanout: Fanout) -> Market:
     """A shop, a customer, a product and their conversation in the backend's collections."""
     tag = uuid.uuid4().hex[:8]
-    found = Market(f"shop-{tag}", f"user-{tag}", f"prod-{tag}", f"conv-{tag}")
+    # The shop's id is a MongoDB ObjectId as in production (24 hex digits, one unbreakable
+    # word): the seller pane's heading must still fit beside its badge.
+    found = Market(secrets.token_hex(12), f"user-{tag}", f"prod-{tag}", f"conv-{tag}")
     db = fanout.db
     await db.shops.insert_one({"_id": found.shop, "name": "Chai Point"})
     await db.users.insert_one(
@@ -231,6 +236,50 @@ async def test_events_appear_in_the_right_panes(page: Page, fanout: Fanout, mark
     await shot(page, "console")
     for pane in ("admin", "seller", "customer", "ops"):
         await shot(page, f"pane-{pane}", f"#{pane}")
+    # The README's screenshots, retaken from this run at two window widths.
+    for width, name in ((1280, "console.png"), (1024, "console-1024.png")):
+        await page.set_viewport_size({"width": width, "height": 1100})
+        await expect(page.locator("#ops-dlq-depth")).to_have_text("0", timeout=WAIT_MS)
+        await page.screenshot(path=str(DOCS / name))
+        assert await page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+async def box(page: Page, selector: str) -> dict[str, float]:
+    """The bounding box of ``selector`` (which must be shown)."""
+    found = await page.locator(selector).bounding_box()
+    assert found is not None, selector
+    return dict(found)
+
+
+async def test_layout_fits_at_1024(page: Page) -> None:
+    """At 1024 px the token form's fields are inside the window; no heading runs into its badge."""
+    await page.set_viewport_size({"width": 1024, "height": 900})
+    await page.locator("#session summary").click()
+    for field in ("token-admin", "token-seller", "token-customer", "chat-id"):
+        label, entry = await box(page, f"label[for='{field}']"), await box(page, f"#{field}")
+        assert entry["x"] >= label["x"] + label["width"], field  # the field right of its label
+        assert entry["x"] + entry["width"] <= 1024, field  # and inside the window
+        assert entry["width"] >= 200, field
+        assert label["width"] < 300, field  # the label column is narrow
+    await shot(page, "tokens-1024")
+    await page.locator("#session summary").click()
+    for width in (1280, 1130, 1024, 700):
+        await page.set_viewport_size({"width": width, "height": 900})
+        for pane in ("admin", "seller", "customer", "ops"):
+            heading = page.locator(f"#{pane} h2")
+            title, badge = (
+                await box(page, f"#{pane} h2"),
+                await box(page, f"#{pane} .pane-head .state"),
+            )
+            # The text's own right edge (the h2 box may stretch): a clear gap before the badge,
+            # or the badge on a line of its own.
+            text_right = await heading.evaluate(
+                "node => { const r = document.createRange(); r.selectNodeContents(node);"
+                " return r.getBoundingClientRect().right; }"
+            )
+            apart = text_right + 6 <= badge["x"] or title["y"] + title["height"] <= badge["y"]
+            assert apart, (width, pane, title, badge, text_right)
+            assert badge["x"] + badge["width"] <= width, (width, pane)
 
 
 async def test_typing_indicator_appears_and_disappears(
@@ -327,6 +376,38 @@ async def test_dead_letter_replayed_from_the_ops_pane_is_delivered(
     await expect(table_row).to_have_count(0, timeout=WAIT_MS)
     await expect(row(page, "admin-events", parked["id"])).to_be_visible(timeout=WAIT_MS)
     assert [d for d in await fanout.dead_letters() if d.message_id == parked["id"]] == []
+
+
+async def test_dlq_depth_is_read_live_everywhere(page: Page, fanout: Fanout) -> None:
+    """Two dead letters: the ops figure, the queue chip and the admin figure say 2 at once (no
+    queue sample is taken during the test); after replaying them they say 0."""
+    figures = (
+        page.locator("#ops-dlq-depth"),
+        page.locator("#ops-circuits [data-queue='dlq']"),
+        page.locator("#admin-dlq"),
+    )
+    await expect(figures[0]).to_have_text("0", timeout=WAIT_MS)
+    first, second = alert("Parked one"), alert("Parked two")
+    await park(fanout, first)
+    await park(fanout, second)
+    await expect(page.locator("#dlq-table tbody tr")).to_have_count(2, timeout=WAIT_MS)
+    for figure, text in zip(figures, ("2", "dlq: 2 ready", "2"), strict=True):
+        await expect(figure).to_have_text(text, timeout=WAIT_MS)
+    answer = await page.request.get(
+        f"http://127.0.0.1:{fanout.http_port}/console/api/ops",
+        headers={"Authorization": f"Bearer {mint('admin-1', 'admin')}"},
+    )
+    assert (await answer.json())["queues"]["dlq"] == 2  # the gauge stats-update reads agrees
+
+    filter_form = page.locator("#dlq-filter")
+    await filter_form.locator("#dlq-reason").fill("retries_exhausted")
+    await filter_form.get_by_role("button", name="Replay matching").click()
+    await page.locator("#confirm").get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#ops-status")).to_contain_text(
+        "replay: 2 of 2 done", timeout=WAIT_MS
+    )
+    for figure, text in zip(figures, ("0", "dlq: 0 ready", "0"), strict=True):
+        await expect(figure).to_have_text(text, timeout=WAIT_MS)
 
 
 async def test_console_api_needs_an_admin_token(page: Page, fanout: Fanout, market: Market) -> None:

@@ -7,7 +7,7 @@
     GET  /console/vendor/{file}     pusher-js's web build and clients/js's source, from npm
     GET  /console/config.json       what the page needs to reach Soketi (app key, host, port)
     GET  /console/api/ops           throughput by outcome, event age, circuits, queue depths
-    GET  /console/api/dlq           the dead letters
+    GET  /console/api/dlq           the dead letters and the DLQ's depth, read live
     POST /console/api/dlq/replay    {"ids": [...]} | {"reason": R, "type": T} | {"all": true}
     POST /console/api/dlq/purge     the same selections
     POST /console/api/publish       {"type": T, "data": {...}}: validated, then published
@@ -190,16 +190,26 @@ class Console:
         return self._sampler.summary()
 
     async def dead_letters(self, _: web.Request, __: str) -> dict[str, Any]:
-        """The DLQ as a table, oldest first."""
+        """The DLQ as a table, oldest first, with the depth just read (``depth``).
+
+        The page shows this depth everywhere it shows the DLQ's (the ops pane's figure and
+        chip, the admin pane's figure), and the ``queue_messages{queue="dlq"}`` gauge is set
+        to it, so ``/console/api/ops`` and the next ``stats-update`` agree with the table
+        instead of waiting for the next queue sample.
+        """
         now = datetime.now(UTC)
         async with self._dlq_lock:
             letters = await dlq.list_letters(self._ctx.settings, dlq.Selection(everything=True))
+        depth = len(letters)
+        self._ctx.metrics.queue_messages.labels(queue="dlq").set(depth)
         return {
             "letters": [
                 letter.as_json() | {"ageSeconds": letter.age_s(now)}
                 for letter in letters[:DLQ_LIST_LIMIT]
             ],
-            "total": len(letters),
+            "total": depth,
+            "depth": depth,
+            "readAt": int(now.timestamp() * 1000),
         }
 
     async def replay(self, request: web.Request, operator: str) -> dict[str, Any]:

@@ -51,6 +51,16 @@ function confirmAction(text) {
 }
 
 export function startOps(token, { intervalMs = 3000 } = {}) {
+  // The DLQ's depth as /console/api/dlq last read it live: the one number the ops figure, the
+  // chip and the admin pane show (the sampled gauge lags the table by up to a sample).
+  let dlqDepth = null;
+  const showDlqDepth = () => {
+    if (dlqDepth === null) return;
+    document.getElementById("ops-dlq-depth").textContent = String(dlqDepth);
+    const chip = document.querySelector("#ops-circuits [data-queue='dlq']");
+    if (chip) chip.textContent = `dlq: ${dlqDepth} ready`;
+    document.dispatchEvent(new CustomEvent("console:dlq-depth", { detail: dlqDepth }));
+  };
   const status = document.getElementById("ops-status");
   const say = (text, error = false) => {
     status.textContent = text;
@@ -105,7 +115,9 @@ export function startOps(token, { intervalMs = 3000 } = {}) {
       ...Object.entries(ops.circuits).map(([name, state]) =>
         el("li", { class: state === "open" ? "open" : "closed", "data-downstream": name }, `${name}: circuit ${state}`),
       ),
-      ...Object.entries(ops.queues).map(([queue, depth]) => el("li", { "data-queue": queue }, `${queue}: ${depth} ready`)),
+      ...Object.entries({ ...ops.queues, ...(dlqDepth === null ? {} : { dlq: dlqDepth }) }).map(([queue, depth]) =>
+        el("li", { "data-queue": queue }, `${queue}: ${depth} ready`),
+      ),
     );
   }
 
@@ -125,8 +137,10 @@ export function startOps(token, { intervalMs = 3000 } = {}) {
   }
 
   async function refreshDlq() {
-    const { letters, total } = await api("dlq");
+    const { letters, total, depth } = await api("dlq");
     document.getElementById("dlq-count").textContent = `(${total})`;
+    dlqDepth = depth ?? total;
+    showDlqDepth();
     const rows = letters.map((letter) => {
       const replay = el("button", { type: "button", "aria-label": `Replay ${letter.type ?? "message"} ${letter.id}` }, "Replay");
       const purge = el("button", { type: "button", class: "danger", "aria-label": `Purge ${letter.type ?? "message"} ${letter.id}` }, "Purge");

@@ -119,6 +119,13 @@ function adminPane(config, token, options) {
     online.replaceChildren(...[...onlineIds.values()].map((name) => el("li", {}, name)));
   };
   const row = (data, meta) => addRow(list, meta.event, data, meta);
+  // The DLQ depth the ops pane just read live wins over stats-update's sampled one.
+  const dlqFigure = document.getElementById("admin-dlq");
+  let liveDlq = false;
+  document.addEventListener("console:dlq-depth", (event) => {
+    liveDlq = true;
+    dlqFigure.textContent = String(event.detail);
+  });
   realtime.subscribe("private-admin", {
     "new-order": row,
     "order-update": row,
@@ -140,7 +147,7 @@ function adminPane(config, token, options) {
       const perMinute = Object.values(data.eventsPerMinute ?? {}).reduce((a, b) => a + b, 0);
       document.getElementById("admin-online-count").textContent = data.accountsOnline ?? "–";
       document.getElementById("admin-rate").textContent = String(perMinute);
-      document.getElementById("admin-dlq").textContent = data.dlqDepth ?? "–";
+      if (!liveDlq) dlqFigure.textContent = data.dlqDepth ?? "–";
     },
   });
   realtime.subscribe("public", { "system-alert": row });
