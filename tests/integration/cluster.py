@@ -190,4 +190,4 @@ class Cluster:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no new leader for {queue} within {timeout_s} s")
-            time.sleep(0.5)
+            time.sleep(0.5)  # the poll interval of a wait with a deadline, not a synchronisation
