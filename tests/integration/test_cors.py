@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,8 +21,6 @@ from tests.integration.session_backend import (
     SESSION_COOKIE,
     Account,
     SessionBackend,
-    redis_server,
-    running_backend,
 )
 from tests.integration.test_console import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM
 
@@ -82,20 +80,6 @@ async def browser() -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The local Redis (or ``REDIS_URL``, or one started for the session)."""
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture
-async def backend(redis_url: str, names: Names) -> AsyncIterator[SessionBackend]:
-    """The session backend for this test, its sessions under the test's own key prefix."""
-    async with running_backend(redis_url, f"{names.prefix}:sess:") as running:
-        yield running
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -25,8 +25,6 @@ from tests.integration.session_backend import (
     Account,
     SessionBackend,
     cookie_value,
-    redis_server,
-    running_backend,
 )
 from tests.integration.test_auth import (
     ADMIN_ID,
@@ -44,20 +42,6 @@ CUSTOMER = Account(CUSTOMER_ID, "user")
 SELLER = Account(SHOP_A, "seller", name="Chai Point")
 ADMIN = Account(ADMIN_ID, "admin", name="Ops", role="Admin")
 Answer = tuple[int, dict[str, Any], str]
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The local Redis (or ``REDIS_URL``, or one started for the session)."""
-    with redis_server() as url:
-        yield url
-
-
-@pytest.fixture
-async def backend(redis_url: str, names: Names) -> AsyncIterator[SessionBackend]:
-    """The session backend for this test, its sessions under the test's own key prefix."""
-    async with running_backend(redis_url, f"{names.prefix}:sess:") as running:
-        yield running
 
 
 @pytest.fixture
