@@ -181,6 +181,10 @@ class Settings(BrokerSettings):
 
     # -- operations --
     prefetch_count: int = Field(default=200, ge=1, le=65535)
+    # First deliveries that arrive together are processed as one batch of at most this many
+    # (one duplicate check, one history write, one pushed mark for all); 1 processes each
+    # message on its own, as redeliveries and retries always are.
+    batch_max: int = Field(default=100, ge=1, le=65535)
     max_payload_kb: int = Field(default=100, ge=1)
     soketi_timeout_s: float = Field(default=5.0, gt=0)
     soketi_linger_ms: float = Field(default=2.0, ge=0)

@@ -27,6 +27,7 @@ class Metrics:
     triggers_per_request: Histogram
     mongodb_query_seconds: Histogram
     in_flight: Gauge
+    batch_messages: Histogram
     consumer_up: Gauge
     shards_owned: Gauge
     retries_scheduled: Counter
@@ -145,6 +146,14 @@ _SPECS: Final[tuple[_Spec, ...]] = (
         "Duration of MongoDB queries by operation.",
         ("operation",),
         _LATENCY_BUCKETS,
+    ),
+    _Spec(
+        "batch_messages",
+        Histogram,
+        "batch_messages",
+        "First deliveries processed together as one batch (worker.flow.batch).",
+        (),
+        (1, 2, 5, 10, 20, 50, 100, 200, 500),
     ),
     _Spec(
         "in_flight",

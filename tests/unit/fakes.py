@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 from handlers.model import Delivery
 from worker.errors import StoreUnavailable
@@ -40,3 +42,18 @@ class Soketi:
         if queued is not None:
             queued()
         return 1
+
+    def enqueue(
+        self, deliveries: Sequence[Delivery], socket_id: str | None = None
+    ) -> asyncio.Future[int]:
+        self.pushed.extend(deliveries)
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(1)
+        return future
+
+
+async def handled(consumer: Any, *messages: Any) -> None:
+    """Hand ``messages`` to the consumer together and wait until all are settled (a batched
+    message's ``handle`` returns once it is in the gathering batch)."""
+    await asyncio.gather(*(consumer.handle(m) for m in messages))
+    assert await consumer.drained(5), "messages still in flight after 5 s"

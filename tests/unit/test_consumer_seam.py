@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 import structlog
 import structlog.testing
 
 from handlers.model import Account, Product
-from tests.unit.fakes import Processed, Soketi
+from tests.unit.fakes import Processed, Soketi, handled
 from worker.flow.circuit import Circuit, Circuits
 from worker.flow.consumer import Consumer
 from worker.flow.pipeline import Pipeline
@@ -24,8 +25,12 @@ from worker.metrics import Metrics
 class SlowFirstStore:
     """Senders named by a number answer in inverse order: message 0 is the slowest."""
 
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+
     async def users(self, ids: Collection[str]) -> Mapping[str, Account]:
         [sender] = ids
+        self.asked.set()
         await asyncio.sleep(0.001 * (20 - int(sender[1:])))
         return {sender: Account(sender, sender)}
 
@@ -84,17 +89,20 @@ class Exchange:
         self.published.append((message, routing_key))
 
 
-def _consumer(soketi: Soketi, dead: Exchange) -> Consumer:
+def _consumer(
+    soketi: Soketi, dead: Exchange, batch_max: int = 100, store: SlowFirstStore | None = None
+) -> Consumer:
     async def healthy() -> None:
         return None
 
     return Consumer(
         pipeline=Pipeline(
-            store=SlowFirstStore(), processed=Processed(), soketi=soketi, clock=lambda: 0
+            store=store or SlowFirstStore(), processed=Processed(), soketi=soketi, clock=lambda: 0
         ),
         paths=SettlePaths(dead=dead, retries=()),  # type: ignore[arg-type]  # in-memory stand-in
         metrics=Metrics.create(),
         circuits=Circuits(Circuit("soketi", healthy), Circuit("mongodb", healthy)),
+        batch_max=batch_max,
     )
 
 
@@ -117,12 +125,16 @@ def _chat(n: int, conversation: str = "c1") -> bytes:
     )
 
 
-async def test_one_conversation_keeps_publish_order_when_lookups_finish_out_of_order() -> None:
-    """Message 0's lookup is slowest, yet Soketi gets the conversation's messages in order."""
+@pytest.mark.parametrize("batch_max", [1, 4, 100])
+async def test_one_conversation_keeps_publish_order_when_lookups_finish_out_of_order(
+    batch_max: int,
+) -> None:
+    """Message 0's lookup is slowest, yet Soketi gets the conversation's messages in order:
+    one message at a time, in batches of four (five batches at once) or in one batch."""
     soketi = Soketi()
-    consumer = _consumer(soketi, Exchange())
+    consumer = _consumer(soketi, Exchange(), batch_max)
     messages = [Message(_chat(n)) for n in range(20)]
-    await asyncio.gather(*(consumer.handle(m) for m in messages))  # type: ignore[arg-type]
+    await handled(consumer, *messages)
     order = [d.payload["content"] for d in soketi.pushed if d.channel == "private-chat-c1"]
     assert order == [str(n) for n in range(20)]
     assert all(m.settled == ["ack"] for m in messages)
@@ -131,17 +143,30 @@ async def test_one_conversation_keeps_publish_order_when_lookups_finish_out_of_o
 async def test_other_conversations_are_not_held_back() -> None:
     """Different conversations do not wait for each other: the fast one finishes first."""
     soketi = Soketi()
-    consumer = _consumer(soketi, Exchange())
+    consumer = _consumer(soketi, Exchange(), batch_max=1)
     slow, fast = Message(_chat(0, "slow")), Message(_chat(19, "fast"))
-    await asyncio.gather(consumer.handle(slow), consumer.handle(fast))  # type: ignore[arg-type]
+    await handled(consumer, slow, fast)
     assert soketi.pushed[0].channel == "private-chat-fast"
+
+
+async def test_a_batch_is_not_held_back_by_a_slower_batch_before_it() -> None:
+    """Batches run side by side: one that arrived later on another conversation does not
+    wait for the slow lookups of the batch before it."""
+    soketi, store = Soketi(), SlowFirstStore()
+    consumer = _consumer(soketi, Exchange(), store=store)
+    slow, fast = Message(_chat(0, "slow")), Message(_chat(19, "fast"))
+    handling = asyncio.create_task(consumer.handle(slow))  # type: ignore[arg-type]
+    await store.asked.wait()  # its batch is under way, without the fast one
+    await handled(consumer, fast)
+    assert soketi.pushed[0].channel == "private-chat-fast"
+    await handling
 
 
 async def test_invalid_body_is_dead_lettered_then_acked() -> None:
     """Settle publishes a bad message to the dead-letter exchange with its reason, then acks."""
     dead = Exchange()
     message = Message(b"{oops", message_id="x1", routing_key="order.created")
-    await _consumer(Soketi(), dead).handle(message)  # type: ignore[arg-type]
+    await handled(_consumer(Soketi(), dead), message)
     [(copy, routing_key)] = dead.published
     assert routing_key == "order.created"
     assert copy.headers["fanout-reason"] == "invalid_json"
@@ -159,7 +184,7 @@ async def test_a_redelivered_parked_message_is_not_parked_twice() -> None:
     again = Message(b"{oops", message_id="x1", redelivered=True)
     other = Message(b"{oops", message_id="x2", redelivered=True)
     for message in (first, again, other):
-        await consumer.handle(message)  # type: ignore[arg-type]
+        await handled(consumer, message)
     assert [copy.message_id for copy, _ in dead.published] == ["x1", "x2"]
     assert first.settled == again.settled == other.settled == ["ack"]
 
@@ -179,7 +204,7 @@ async def test_a_copy_of_an_id_in_the_same_lane_neither_repeats_nor_stalls_the_l
     consumer = _consumer(soketi, Exchange())
     first, copy, after = Message(_chat(1)), Message(_chat(1)), Message(_chat(2))
     async with asyncio.timeout(5):
-        await asyncio.gather(*(consumer.handle(m) for m in (first, copy, after)))  # type: ignore[arg-type]
+        await handled(consumer, first, copy, after)
     chat = [d.payload["content"] for d in soketi.pushed if d.channel == "private-chat-c1"]
     assert chat == ["1", "2"]
     assert first.settled == copy.settled == after.settled == ["ack"]
@@ -225,13 +250,13 @@ async def test_a_failed_ack_counts_what_was_done_once_and_gives_the_message_back
     dead = Exchange()
     consumer = _consumer(Soketi(), dead)
     message = Message(b"{oops", message_id="x1", ack_fails=True)
-    await consumer.handle(message)  # type: ignore[arg-type]
+    await handled(consumer, message)
     assert len(dead.published) == 1
     assert message.settled == ["nack"]
     labels = {"event_type": "invalid", "outcome": "dead_lettered", "reason": "invalid_json"}
     assert consumer.metrics.registry.get_sample_value("bazaar_fanout_messages_total", labels) == 1
     again = Message(b"{oops", message_id="x1", redelivered=True)
-    await consumer.handle(again)  # type: ignore[arg-type]
+    await handled(consumer, again)
     assert len(dead.published) == 1
     assert again.settled == ["ack"]
 
@@ -243,7 +268,7 @@ async def test_the_settled_line_carries_the_envelopes_version_source_and_correla
     envelope.update(version=2, source="bazaar-backend", correlationId="req-7")
     consumer = _consumer(Soketi(), Exchange())
     with structlog.testing.capture_logs() as lines:
-        await consumer.handle(Message(orjson.dumps(envelope)))  # type: ignore[arg-type]
+        await handled(consumer, Message(orjson.dumps(envelope)))
     [settled] = [line for line in lines if line["event"] == "fanout.message_settled"]
     assert (settled["version"], settled["source"], settled["correlation_id"]) == (
         2,

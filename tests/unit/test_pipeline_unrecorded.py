@@ -11,7 +11,7 @@ import pytest
 
 import worker.broker.messages as broker
 from handlers.model import Account, Product
-from tests.unit.fakes import Processed, Soketi
+from tests.unit.fakes import Processed, Soketi, handled
 from tests.unit.test_consumer_seam import Exchange, Message
 from worker.errors import Interrupted, PushedUnrecorded, StoreUnavailable
 from worker.flow.circuit import Circuit, Circuits
@@ -123,7 +123,7 @@ async def test_the_retry_copy_carries_fanout_pushed_and_a_restarted_worker_does_
     processed, soketi, tier = Processed(), Soketi(), Tier()
     processed.down = True
     first = Message(BODY, message_id="evt1", routing_key="user.registered")
-    await _consumer(processed, soketi, (tier,)).handle(first)  # type: ignore[arg-type]
+    await handled(_consumer(processed, soketi, (tier,)), first)
     assert first.settled == ["ack"] and len(soketi.pushed) == 1
     [(copy, _)] = tier.published
     assert copy.headers[broker.PUSHED] == 1
@@ -133,7 +133,7 @@ async def test_the_retry_copy_carries_fanout_pushed_and_a_restarted_worker_does_
     processed.down = False
     again = _incoming(copy)
     restarted = _consumer(processed, soketi, (tier,))
-    await restarted.handle(again)  # type: ignore[arg-type]
+    await handled(restarted, again)
     assert again.settled == ["ack"] and len(soketi.pushed) == 1
     assert processed.ids == {"evt1"}
 
@@ -143,7 +143,7 @@ async def test_a_pushed_copy_failing_to_record_again_keeps_the_header() -> None:
     processed, soketi, tiers = Processed(), Soketi(), (Tier(), Tier())
     processed.down = True
     message = Message(BODY, message_id="evt1", headers=broker.pushed_headers((3, 0.25)))
-    await _consumer(processed, soketi, tiers).handle(message)  # type: ignore[arg-type]
+    await handled(_consumer(processed, soketi, tiers), message)
     [(copy, _)] = tiers[0].published
     assert (copy.headers[broker.PUSHED], copy.headers[broker.PUSHED_AGE_MS]) == (3, 250)
     assert soketi.pushed == []
@@ -154,7 +154,7 @@ async def test_a_dead_lettered_pushed_message_keeps_the_header() -> None:
     processed, soketi = Processed(), Soketi()
     processed.down = True
     consumer = _consumer(processed, soketi, ())
-    await consumer.handle(Message(BODY, message_id="evt1"))  # type: ignore[arg-type]
+    await handled(consumer, Message(BODY, message_id="evt1"))
     dead = consumer.paths.dead
     [(copy, _)] = dead.published  # type: ignore[attr-defined]
     assert copy.headers[broker.PUSHED] == 1

@@ -214,7 +214,13 @@ def build_consumer(
         history=history,
         soketi_gate=gate,
     )
-    consumer = Consumer(pipeline=pipeline, paths=broker_.paths, metrics=metrics, circuits=circuits)
+    consumer = Consumer(
+        pipeline=pipeline,
+        paths=broker_.paths,
+        metrics=metrics,
+        circuits=circuits,
+        batch_max=settings.batch_max,
+    )
     return consumer, gate
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +18,10 @@ from worker.errors import (
     Interrupted,
 )
 from worker.events import peek
+from worker.flow.batch import Item, process_batch
 from worker.flow.circuit import Circuits, first_of
-from worker.flow.lanes import Lanes, Turn
+from worker.flow.ids import InFlightIds
+from worker.flow.lanes import UNORDERED, Lanes, Turn
 from worker.flow.pipeline import Pipeline, Result
 from worker.flow.settle import (
     SETTLE_RETRY_INITIAL_S,
@@ -33,6 +36,37 @@ from worker.flow.settle import (
 from worker.metrics import Metrics
 
 log = structlog.get_logger("fanout")
+
+
+@dataclass(slots=True)
+class _Arrived:
+    """A message waiting in the batch that is gathering."""
+
+    message: AbstractIncomingMessage
+    item: Item
+    event_id: str
+    started: float
+    #: Its per-message work, once it left the batch.
+    fallback: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The messages of one batch, gathered for a loop turn; ``done`` once it is settled."""
+
+    arrived: list[_Arrived] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _Held(contextlib.AbstractAsyncContextManager[None]):
+    """An id a batch took on arrival (``InFlightIds.try_hold``), released on leaving."""
+
+    def __init__(self, ids: InFlightIds, event_id: str) -> None:
+        self._ids = ids
+        self._event_id = event_id
+
+    async def __aexit__(self, *_: object) -> None:
+        self._ids.release(self._event_id)
 
 
 @dataclass
@@ -52,6 +86,9 @@ class Consumer:
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _lanes: Lanes = field(default_factory=Lanes)
+    #: At most this many first deliveries per batch; 1 turns batching off.
+    batch_max: int = 100
+    _gathering: _Batch | None = None
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -68,40 +105,181 @@ class Consumer:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Process and settle one message; never raises (an unsettled message is redelivered).
 
-        The work runs in a task of our own, shielded from the caller: aiormq cancels its
-        consumer callbacks when the channel closes (a broker connection loss), and a cancel
-        between Soketi accepting a trigger and the id being recorded would push the
-        redelivered copy a second time. Only ``abandon`` (shutdown) cancels the work. (A plain
-        function returning the task would not do: aio-pika awaits what such a callback returns,
-        so the cancel would reach the work; the broker-cut test catches it.)
-        """
-        work = asyncio.create_task(self._handle(message), name=f"handle-{message.message_id}")
-        self._tasks.add(work)
-        work.add_done_callback(self._tasks.discard)
-        await asyncio.shield(work)
+        A first delivery joins the batch that is gathering (``worker.flow.batch``), which
+        starts on the next loop turn or once ``batch_max`` messages are in; anything else
+        (a redelivery, a retry, a second copy of an id in flight, an open circuit) takes the
+        per-message path at once.
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        The work runs in tasks of our own: aiormq cancels its consumer callbacks when the
+        channel closes (a broker connection loss), and a cancel between Soketi accepting a
+        trigger and the id being recorded would push the redelivered copy a second time. Only
+        ``abandon`` (shutdown) cancels the work. The per-message path is shielded from this
+        callback (a plain function returning the task would not do: aio-pika awaits what such
+        a callback returns, so the cancel would reach the work; the broker-cut test catches
+        it); a batched message is only appended here.
+        """
         started = time.perf_counter()
         self._enter()
         # Both taken before the first await, so in arrival order: the lane turn keeps one
         # conversation's cursors and triggers in publish order however many messages run at
-        # once, and a second copy of an id waits for the first to be settled.
+        # once, and a second copy of an id waits for the first to be processed. That copy
+        # takes no place in the lane: it is a duplicate once the first is pushed (or late
+        # anyway if the first failed), and nobody behind it may wait for it while it waits
+        # for a batch that holds the next message of its lane.
         lane, event_id = peek(message.body)
-        turn = self._lanes.turn(lane)
-        own_id = self.pipeline.in_flight.hold(event_id) if event_id else contextlib.nullcontext()
+        copy = event_id is not None and event_id in self.pipeline.in_flight
+        turn = UNORDERED if copy else self._lanes.turn(lane)
+        if (
+            event_id is not None
+            and not copy
+            and self._batchable(message)
+            and self.pipeline.in_flight.try_hold(event_id)
+        ):
+            arrived = _Arrived(message, Item(message.body, turn), event_id, started)
+            batch = self._gather(arrived)
+            # Returns once the message is settled, as on the per-message path: a shard's
+            # hand-over waits for its callbacks (``worker.flow.handover``). A cancel (the
+            # channel closed) only stops the waiting.
+            await batch.done.wait()
+            if arrived.fallback is not None:
+                await asyncio.shield(arrived.fallback)
+            return
+        held = self.pipeline.in_flight.hold(event_id) if event_id else contextlib.nullcontext()
+        await asyncio.shield(self._spawn(self._handle(message, turn, held, started)))
+
+    def _batchable(self, message: AbstractIncomingMessage) -> bool:
+        return (
+            self.batch_max > 1
+            and not message.redelivered
+            and not self._stopping.is_set()
+            and self.circuits.may_process()
+            and broker.attempts_of(message) == 0
+            and broker.pushed_of(message) is None
+        )
+
+    def _gather(self, arrived: _Arrived) -> _Batch:
+        """Add ``arrived`` to the batch that is gathering; return that batch."""
+        batch = self._gathering
+        if batch is None:
+            batch = self._gathering = _Batch()
+            asyncio.get_running_loop().call_soon(self._start_batch, batch)
+        batch.arrived.append(arrived)
+        if len(batch.arrived) >= self.batch_max:
+            self._start_batch(batch)
+        return batch
+
+    def _start_batch(self, batch: _Batch) -> None:
+        if self._gathering is batch:
+            self._gathering = None
+            self._spawn(self._run_batch(batch))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _run_batch(self, batch: _Batch) -> None:
+        """Process a batch; settle what it settled, in arrival order; hand the rest on."""
+        self.metrics.batch_messages.observe(len(batch.arrived))
+        try:
+            await self._process_batch(batch.arrived)
+        finally:
+            batch.done.set()
+
+    async def _process_batch(self, arrived: list[_Arrived]) -> None:
+        by_item = {id(each.item): each for each in arrived}
+        handed: set[int] = set()
+
+        def fallback(item: Item) -> None:
+            handed.add(id(item))
+            each = by_item[id(item)]
+            held = _Held(self.pipeline.in_flight, each.event_id)  # taken at arrival
+            event = item.event
+            work = self._handle(
+                each.message,
+                item.turn,
+                held,
+                each.started,
+                pushed=item.pushed,
+                from_batch=True,
+                failed=item.error,
+                identity=(event.type, event.id) if event is not None else None,
+            )
+            each.fallback = self._spawn(work)
+
+        try:
+            try:
+                await process_batch(self.pipeline, [each.item for each in arrived], fallback)
+            except Exception as error:  # a defect: what is left goes the per-message way
+                log.error("fanout.batch_failed", error=f"{type(error).__name__}: {error}")
+                for each in arrived:
+                    if each.item.outcome is None and id(each.item) not in handed:
+                        fallback(each.item)
+        finally:
+            done = [each for each in arrived if id(each.item) not in handed]
+            for each in done:
+                self.pipeline.in_flight.release(each.event_id)
+                each.item.turn.finish()
+        try:
+            outcomes = [each.item.outcome for each in done]
+            if any(isinstance(outcome, Result) for outcome in outcomes):
+                self.circuits.mongodb.record_success()
+            if any(isinstance(o, Result) and o.deliveries for o in outcomes):
+                self.circuits.soketi.record_success()
+            for each, outcome in zip(done, outcomes, strict=True):
+                if outcome is None:  # cancelled mid-batch (shutdown): the broker requeues it
+                    continue
+                await self._settle(each.message, outcome, each.started)
+        finally:
+            for _ in done:
+                self._leave()
+
+    async def _handle(
+        self,
+        message: AbstractIncomingMessage,
+        turn: Turn,
+        held: contextlib.AbstractAsyncContextManager[None],
+        started: float,
+        *,
+        pushed: tuple[int, float] | None = None,
+        from_batch: bool = False,
+        failed: BaseException | None = None,
+        identity: tuple[str, str] | None = None,
+    ) -> None:
+        """The per-message path; ``pushed``, ``failed`` and ``identity`` come from a batch
+        the message left (``_attempt``)."""
         result: Result | BaseException | None = None
         try:
             try:
-                async with own_id:
-                    result = await self._attempt(message, turn)
+                async with held:
+                    result = await self._attempt(
+                        message, turn, pushed, from_batch, failed, identity
+                    )
             finally:
                 turn.finish()
+            await self._settle(message, result, started)
+        except Exception as error:  # nothing settled: hand it back
+            log.warning(
+                "fanout.settle_failed",
+                message_id=message.message_id,
+                error=f"{type(error).__name__}: {error}",
+            )
+            if result is None:
+                await give_back(message)
+        finally:
+            self._leave()
+
+    async def _settle(
+        self, message: AbstractIncomingMessage, result: Result | BaseException, started: float
+    ) -> None:
+        """Settle, count and log; never raises."""
+        try:
             settled = await settle(message, result, self.paths)
             self._observe(message, result, settled, time.perf_counter() - started)
         except AckFailed as failed:
             # Done, whatever became of the ack: the redelivered copy will only count as a
             # duplicate, so count what was done now or never.
-            assert result is not None  # only settle raises it
             self._observe(message, result, failed.settled, time.perf_counter() - started)
             log.warning(
                 "fanout.ack_failed",
@@ -116,12 +294,7 @@ class Consumer:
                 message_id=message.message_id,
                 error=f"{type(error).__name__}: {error}",
             )
-            if result is None:  # failed before settling: nothing was done, hand it back
-                await give_back(message)
-            else:
-                await self._settle_later(message, result, started)
-        finally:
-            self._leave()
+            await self._settle_later(message, result, started)
 
     async def _settle_later(
         self, message: AbstractIncomingMessage, result: Result | BaseException, started: float
@@ -166,42 +339,64 @@ class Consumer:
         return len(running)
 
     async def _attempt(
-        self, message: AbstractIncomingMessage, turn: Turn
+        self,
+        message: AbstractIncomingMessage,
+        turn: Turn,
+        pushed: tuple[int, float] | None = None,
+        from_batch: bool = False,
+        failed: BaseException | None = None,
+        identity: tuple[str, str] | None = None,
     ) -> Result | BaseException:
-        """Process the message; hold it while the circuit its failure belongs to is open."""
+        """Process the message; hold it while the circuit its failure belongs to is open.
+
+        ``failed``: the error a batch met for this message (``worker.flow.batch``): handled
+        as if this method's first attempt had raised it. ``identity`` (the event's type and
+        id) labels it: one error may be shared by every message of a failed call.
+        """
         held: FanoutError | None = None
-        # A first delivery cannot have been recorded in history by an earlier attempt.
-        maybe_recorded = message.redelivered or broker.attempts_of(message) > 0
+        # A first delivery cannot have been recorded in history by an earlier attempt (a
+        # batch it left may have).
+        maybe_recorded = from_batch or message.redelivered or broker.attempts_of(message) > 0
         # Soketi accepted it already (an earlier attempt, here or in another process): only mark.
-        pushed = broker.pushed_of(message)
+        pushed = pushed or broker.pushed_of(message)
         while True:
-            if not await self._gate():
-                interrupted = Interrupted("worker stopping while a downstream was unavailable")
-                if held is not None:  # it parsed: count the requeue under its type, not "invalid"
-                    interrupted.event_type, interrupted.event_id = held.event_type, held.event_id
-                # Settle republishes it with ``fanout-pushed`` instead of requeueing it bare.
-                interrupted.pushed = pushed
-                return interrupted
-            try:
-                result = await self.pipeline.process(
-                    message.body, turn, maybe_recorded=maybe_recorded, pushed=pushed
-                )
-            except Exception as error:  # settle decides by the error's class
-                maybe_recorded = True
-                if isinstance(error, FanoutError) and error.pushed is not None:
+            error, failed = failed, None
+            if error is None:
+                if not await self._gate():
+                    interrupted = Interrupted("worker stopping while a downstream was unavailable")
+                    if held is not None:  # it parsed: count the requeue under its type
+                        interrupted.event_type, interrupted.event_id = (
+                            held.event_type,
+                            held.event_id,
+                        )
+                    # Settle republishes it with ``fanout-pushed`` instead of requeueing it bare.
+                    interrupted.pushed = pushed
+                    return interrupted
+                try:
+                    result = await self.pipeline.process(
+                        message.body, turn, maybe_recorded=maybe_recorded, pushed=pushed
+                    )
+                except Exception as raised:  # settle decides by the error's class
+                    error = raised
+                else:
+                    self.circuits.mongodb.record_success()
+                    if result.outcome == "delivered" and result.deliveries:
+                        self.circuits.soketi.record_success()
+                    return result
+            maybe_recorded = True
+            if isinstance(error, FanoutError):
+                if identity is not None:
+                    error.event_type, error.event_id = identity
+                if error.pushed is not None:
                     pushed = error.pushed
-                circuit = self.circuits.owner(error)
-                if circuit is None or not isinstance(error, FanoutError):
-                    return error
-                circuit.record_failure(error)
-                if circuit.state == "open" and not self._stopping.is_set():
-                    held = error
-                    continue
+            circuit = self.circuits.owner(error)
+            if circuit is None or not isinstance(error, FanoutError):
                 return error
-            self.circuits.mongodb.record_success()
-            if result.outcome == "delivered" and result.deliveries:
-                self.circuits.soketi.record_success()
-            return result
+            circuit.record_failure(error)
+            if circuit.state == "open" and not self._stopping.is_set():
+                held = error
+                continue
+            return error
 
     async def _gate(self) -> bool:
         """Wait until every circuit is closed (True) or the worker stops (False)."""

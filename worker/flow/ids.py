@@ -17,12 +17,30 @@ class InFlightIds:
 
     Two copies of an id (a redelivery racing the original, a backend publishing twice) may
     sit in the same prefetch window; without this both could pass the duplicate check before
-    either is recorded. The consumer holds a message's id from arrival to settlement, so a
-    copy never waits on a lane turn of the copy it waits for.
+    either is recorded. The consumer holds a message's id from arrival until it is processed
+    (a batch takes it with ``try_hold`` on arrival); a copy that arrives while its id is held
+    takes no lane turn, so nobody waits on a copy that waits.
     """
 
     def __init__(self) -> None:
         self._running: dict[str, asyncio.Event] = {}
+
+    def __contains__(self, event_id: str) -> bool:
+        """Whether some task processes ``event_id`` now."""
+        return event_id in self._running
+
+    def try_hold(self, event_id: str) -> bool:
+        """Hold ``event_id`` now if nobody does (``release`` it when done); False if taken."""
+        if event_id in self._running:
+            return False
+        self._running[event_id] = asyncio.Event()
+        return True
+
+    def release(self, event_id: str) -> None:
+        """Let go of an id taken with ``try_hold``; the next copy waiting for it goes on."""
+        done = self._running.pop(event_id, None)
+        if done is not None:
+            done.set()
 
     @contextlib.asynccontextmanager
     async def hold(self, event_id: str) -> AsyncIterator[None]:

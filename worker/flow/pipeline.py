@@ -11,6 +11,7 @@ Nothing here acks, rejects or publishes: the consumer's ``settle`` does that, dr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -48,6 +49,11 @@ class Deliverer(Protocol):
         queued: Callable[[], None] | None = None,
     ) -> int: ...
 
+    def enqueue(
+        self, deliveries: Sequence[Delivery], socket_id: str | None = None
+    ) -> asyncio.Future[int]:
+        """Put the deliveries in line now; the future answers as ``deliver`` would."""
+
 
 class Recorder(Protocol):
     """Numbers and records deliveries before they go out (``worker.history.recorder.History``).
@@ -64,6 +70,11 @@ class Recorder(Protocol):
         turn: Turn = UNORDERED,
         maybe_recorded: bool = True,
     ) -> list[Delivery]: ...
+
+    async def stamp_batch(
+        self, batch: Sequence[tuple[Event, Sequence[Delivery], Turn]]
+    ) -> list[list[Delivery]]:
+        """``stamp`` for several events' first deliveries: numbers in turn order, one write."""
 
 
 class Gate(Protocol):

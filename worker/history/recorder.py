@@ -95,6 +95,54 @@ class History:
             for key, d in zip(ids, deliveries, strict=True)
         ]
 
+    async def stamp_batch(
+        self, batch: Sequence[tuple[Event, Sequence[Delivery], Turn]]
+    ) -> list[list[Delivery]]:
+        """``stamp`` for the first deliveries of several events at once (no earlier attempt
+        can have recorded them): the floors of channels met for the first time in one query,
+        numbers taken in each ``Turn``'s order, every entry in one write.
+
+        An event whose entries another worker's numbers refused is renumbered on its own, as
+        ``stamp`` does.
+        """
+        known = self._last  # (up to ``known_channels`` of them: never copied per batch)
+        cold = {
+            d.channel for _, deliveries, _ in batch for d in deliveries if d.channel not in known
+        }
+        if cold:
+            floors = await self._log.floors(cold)
+            for channel in cold:
+                self._last.setdefault(channel, floors.get(channel, 0))
+        plans: list[tuple[str, Sequence[Delivery], list[str], list[int]]] = []
+        for event, deliveries, turn in batch:
+            await turn.wait(NUMBER)
+            if event.type in EPHEMERAL_TYPES or not deliveries:
+                turn.passed(NUMBER)
+                plans.append((event.id, deliveries, [], []))
+                continue
+            ids = record_ids(event.id, [d.channel for d in deliveries])
+            numbers = await self._take([d.channel for d in deliveries])
+            turn.passed(NUMBER)
+            plans.append((event.id, deliveries, ids, numbers))
+        staged = [
+            self._stage(event_id, list(zip(ids, deliveries, strict=True)), numbers, False)
+            if ids
+            else ({}, {})
+            for event_id, deliveries, ids, numbers in plans
+        ]
+        written = [doc for _, docs in staged for doc in docs.values()]
+        refused_ids = await self._log.insert(written) if written else set()
+        if written:
+            self._raise_floors({doc["channel"]: doc["seq"] for doc in written})
+        stamped_batch: list[list[Delivery]] = []
+        for (event_id, deliveries, ids, numbers), (done, docs) in zip(plans, staged, strict=True):
+            if any(doc["_id"] in refused_ids for doc in docs.values()):
+                fresh = list(zip(ids, deliveries, strict=True))
+                first = (done, docs, refused_ids)
+                done = await self._record(event_id, fresh, numbers, False, first)
+            stamped_batch.append([done[key] for key in ids] if ids else list(deliveries))
+        return stamped_batch
+
     async def _take(self, channels: Sequence[str]) -> list[int]:
         """The next number of each of ``channels`` (in order; a channel may repeat)."""
         while cold := {c for c in channels if c not in self._last}:
@@ -111,42 +159,58 @@ class History:
             self._last.popitem(last=False)
         return numbers
 
+    def _stage(
+        self,
+        event_id: str,
+        fresh: Sequence[tuple[str, Delivery]],
+        numbers: Sequence[int],
+        lead_taken: bool,
+    ) -> tuple[dict[str, Delivery], dict[str, Document]]:
+        """The stamped deliveries and the documents that record them, by key.
+
+        The first entry written for an event takes the event id as its ``_id`` (the lead:
+        the duplicate check's mark goes there); the others, and all once the lead is taken,
+        are stored under their key."""
+        at = self._clock()
+        staged = {key: stamped(d, number) for (key, d), number in zip(fresh, numbers, strict=True)}
+        docs: dict[str, Document] = {}
+        for (key, d), number in zip(staged.items(), numbers, strict=True):
+            first = not lead_taken and not docs
+            docs[key] = {
+                "_id": event_id if first else key,
+                "key": key,
+                "channel": d.channel,
+                "event": d.event,
+                "payload": d.payload,
+                "eventId": event_id,
+                "cursor": d.payload["cursor"],
+                "seq": number,
+                "at": at,
+            }
+        return staged, docs
+
     async def _record(
         self,
         event_id: str,
         fresh: list[tuple[str, Delivery]],
         numbers: list[int],
         lead_taken: bool,
+        written: tuple[dict[str, Delivery], dict[str, Document], set[str]] | None = None,
     ) -> dict[str, Delivery]:
         """Write ``fresh`` under ``numbers``; the deliveries with the cursors they ended up with.
 
-        The first entry written for an event takes the event id as its ``_id`` (the lead:
-        the duplicate check's mark goes there); the others, and all once the lead is taken,
-        are stored under their key."""
+        ``written``: the first write was made already (``stamp_batch``): what it staged and
+        the ``_id``s the store refused."""
         done: dict[str, Delivery] = {}
         for _ in range(NUMBERING_ATTEMPTS):
-            at = self._clock()
-            staged = {
-                key: stamped(d, number) for (key, d), number in zip(fresh, numbers, strict=True)
-            }
-            docs: dict[str, Document] = {}
-            for (key, d), number in zip(staged.items(), numbers, strict=True):
-                first = not lead_taken and not docs
-                docs[key] = {
-                    "_id": event_id if first else key,
-                    "key": key,
-                    "channel": d.channel,
-                    "event": d.event,
-                    "payload": d.payload,
-                    "eventId": event_id,
-                    "cursor": d.payload["cursor"],
-                    "seq": number,
-                    "at": at,
-                }
-            refused_ids = await self._log.insert(list(docs.values()))
+            if written is None:
+                staged, docs = self._stage(event_id, fresh, numbers, lead_taken)
+                refused_ids = await self._log.insert(list(docs.values()))
+                self._raise_floors({doc["channel"]: doc["seq"] for doc in docs.values()})
+            else:
+                (staged, docs, refused_ids), written = written, None
             refused = [key for key, doc in docs.items() if doc["_id"] in refused_ids]
             done.update({key: d for key, d in staged.items() if key not in refused})
-            self._raise_floors({doc["channel"]: doc["seq"] for doc in docs.values()})
             if not refused:
                 return done
             # Another attempt or worker recorded the same event first: use its numbers.

@@ -31,7 +31,7 @@ class _Waiting:
     """One message's entries, handed over and not yet in a call."""
 
     entries: list[dict[str, Any]]
-    future: asyncio.Future[None]
+    future: asyncio.Future[int]
     ordered: frozenset[str]
     since: float
     #: A message too big for one call goes out alone, in these calls (empty: it shares one).
@@ -88,19 +88,27 @@ class TriggerBatcher:
         ``queued`` is called as soon as the deliveries are in line: later ``deliver`` calls
         cannot overtake them on an ordered channel.
         """
+        sent = self.enqueue(deliveries, socket_id)
+        if queued is not None:
+            queued()
+        return await sent
+
+    def enqueue(
+        self, deliveries: Sequence[Delivery], socket_id: str | None = None
+    ) -> asyncio.Future[int]:
+        """Put one message's deliveries in line now (``deliver`` without the wait); the future
+        answers what ``deliver`` returns, or its error. Later calls cannot overtake them on an
+        ordered channel."""
         entries = batch_entries(deliveries, socket_id, self._client.limits)
         planned: tuple[Planned, ...] = ()
         if len(entries) > self._max_batch:  # its own calls, in line like any other message
             planned = tuple(plan_requests(deliveries, socket_id, self._client.limits))
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[int] = loop.create_future()
         ordered = frozenset(c for e in entries if self._ordered(c := str(e["channel"])))
         self._waiting.append(_Waiting(entries, future, ordered, loop.time(), planned))
-        if queued is not None:
-            queued()
         self._pump()
-        await future
-        return max(len(planned), 1)
+        return future
 
     def _pump(self) -> None:
         """Start every call that may start now; arm the linger timer for what stays."""
@@ -202,6 +210,6 @@ def _resolve(call: Sequence[_Waiting], error: BaseException | None) -> None:
         if waiting.future.done():
             continue
         if error is None:
-            waiting.future.set_result(None)
+            waiting.future.set_result(max(len(waiting.planned), 1))
         else:
             waiting.future.set_exception(error)
