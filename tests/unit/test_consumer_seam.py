@@ -61,10 +61,10 @@ class Message:
     processed: bool = False
     ack_fails: bool = False
 
-    async def ack(self) -> None:
+    async def ack(self, multiple: bool = False) -> None:
         if self.ack_fails:
             raise ConnectionResetError("the consuming channel is gone")
-        self.settled.append("ack")
+        self.settled.append("ack-multiple" if multiple else "ack")
         self.processed = True
 
     async def nack(self, requeue: bool = True) -> None:
@@ -275,3 +275,50 @@ async def test_the_settled_line_carries_the_envelopes_version_source_and_correla
         "bazaar-backend",
         "req-7",
     )
+
+
+@dataclass
+class TaggedMessage(Message):
+    """A message with the channel and delivery tag a real one has."""
+
+    channel: str = "channel-1"
+    delivery_tag: int = 0
+
+
+class HeldFirstStore(SlowFirstStore):
+    """Sender ``u0``'s lookup waits until ``release`` is set; the others answer at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def users(self, ids: Collection[str]) -> Mapping[str, Account]:
+        [sender] = ids
+        if sender == "u0":
+            await self.release.wait()
+        return {sender: Account(sender, sender)}
+
+
+async def test_a_batch_is_acked_with_one_multiple_ack_up_to_an_open_delivery() -> None:
+    """Five chat messages in one batch behind a redelivered one (the per-message path) whose
+    lookup is held: the batch's messages are acked one by one while it is open; once it is
+    settled, the next batch goes out with one ``multiple`` ack on its last message."""
+    store = HeldFirstStore()
+    consumer = _consumer(Soketi(), Exchange(), store=store)
+    slow = TaggedMessage(_chat(0, "slow"), redelivered=True, delivery_tag=1)
+    batch = [TaggedMessage(_chat(n, "c1"), delivery_tag=n) for n in range(2, 7)]
+    handling = asyncio.create_task(handled(consumer, slow, *batch))
+    async with asyncio.timeout(5):
+        while not all(m.settled for m in batch):  # noqa: ASYNC110  # the fakes have no event
+            await asyncio.sleep(0.001)
+    assert [m.settled for m in batch] == [["ack"]] * 5  # tag 1 is still open
+    store.release.set()
+    await handling
+    assert slow.settled == ["ack"]
+
+    later = [TaggedMessage(_chat(n, "c2"), delivery_tag=n) for n in range(7, 12)]
+    await handled(consumer, *later)
+    assert [m.settled for m in later] == [[], [], [], [], ["ack-multiple"]]
+    labels = {"event_type": "message.created", "outcome": "delivered", "reason": ""}
+    registry = consumer.metrics.registry
+    assert registry.get_sample_value("bazaar_fanout_messages_total", labels) == 11

@@ -18,6 +18,7 @@ from worker.errors import (
     Interrupted,
 )
 from worker.events import peek
+from worker.flow.acks import OpenTags
 from worker.flow.batch import Item, process_batch
 from worker.flow.circuit import Circuits, first_of
 from worker.flow.ids import InFlightIds
@@ -29,9 +30,11 @@ from worker.flow.settle import (
     AckFailed,
     Settled,
     SettlePaths,
+    ack_through,
     channel_closed,
     give_back,
     settle,
+    settled_of,
 )
 from worker.metrics import Metrics
 
@@ -89,6 +92,7 @@ class Consumer:
     #: At most this many first deliveries per batch; 1 turns batching off.
     batch_max: int = 100
     _gathering: _Batch | None = None
+    _open_tags: OpenTags = field(default_factory=OpenTags)
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -119,7 +123,7 @@ class Consumer:
         it); a batched message is only appended here.
         """
         started = time.perf_counter()
-        self._enter()
+        self._enter(message)
         # Both taken before the first await, so in arrival order: the lane turn keeps one
         # conversation's cursors and triggers in publish order however many messages run at
         # once, and a second copy of an id waits for the first to be processed. That copy
@@ -227,13 +231,48 @@ class Consumer:
                 self.circuits.mongodb.record_success()
             if any(isinstance(o, Result) and o.deliveries for o in outcomes):
                 self.circuits.soketi.record_success()
+            merged = await self._ack_runs(done)
             for each, outcome in zip(done, outcomes, strict=True):
                 if outcome is None:  # cancelled mid-batch (shutdown): the broker requeues it
                     continue
-                await self._settle(each.message, outcome, each.started)
+                if id(each.message) not in merged:
+                    try:
+                        await self._settle(each.message, outcome, each.started)
+                    except Exception as error:  # a defect: never leave the rest unsettled
+                        log.error(
+                            "fanout.settle_failed",
+                            message_id=each.message.message_id,
+                            error=f"{type(error).__name__}: {error}",
+                        )
         finally:
-            for _ in done:
-                self._leave()
+            for each in done:
+                self._leave(each.message)
+
+    async def _ack_runs(self, done: list[_Arrived]) -> set[int]:
+        """Ack the runs of finished ``Result`` messages that one ``multiple`` ack each can
+        cover (``worker.flow.acks``); count and log them; return their ``id``s."""
+        results = {id(e.message): e for e in done if isinstance(e.item.outcome, Result)}
+        runs, _ = self._open_tags.plan([each.message for each in results.values()])
+        merged: set[int] = set()
+        for last, covered in runs:
+            try:
+                await ack_through(last)
+            except Exception as error:  # as ``AckFailed``: done, counted, handed back
+                log.warning(
+                    "fanout.ack_failed",
+                    message_id=last.message_id,
+                    messages=len(covered),
+                    error=f"{type(error).__name__}: {error}",
+                )
+                await give_back(last)
+            now = time.perf_counter()
+            for message in covered:
+                each = results[id(message)]
+                result = each.item.outcome
+                assert isinstance(result, Result)
+                self._observe(message, result, settled_of(result), now - each.started)
+                merged.add(id(message))
+        return merged
 
     async def _handle(
         self,
@@ -268,7 +307,7 @@ class Consumer:
             if result is None:
                 await give_back(message)
         finally:
-            self._leave()
+            self._leave(message)
 
     async def _settle(
         self, message: AbstractIncomingMessage, result: Result | BaseException, started: float
@@ -413,12 +452,14 @@ class Consumer:
             return False
         return True
 
-    def _enter(self) -> None:
+    def _enter(self, message: AbstractIncomingMessage) -> None:
+        self._open_tags.add(message)
         self._in_flight += 1
         self._idle.clear()
         self.metrics.in_flight.inc()
 
-    def _leave(self) -> None:
+    def _leave(self, message: AbstractIncomingMessage) -> None:
+        self._open_tags.discard(message)
         self._in_flight -= 1
         self.metrics.in_flight.dec()
         if self._in_flight == 0:

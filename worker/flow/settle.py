@@ -66,9 +66,7 @@ async def settle(
     acked, so a crash in between repeats a message rather than losing it.
     """
     if isinstance(result, Result):
-        return await _ack(
-            message, Settled(result.outcome, result.detail, result.event.type, result.event.id)
-        )
+        return await _ack(message, settled_of(result))
     error_type, error_id = _identity(result)
     attempts = broker.attempts_of(message) + 1
     # Soketi accepted the event but its mark failed: the copy says so (``fanout-pushed``),
@@ -140,6 +138,19 @@ async def settle(
     return await _ack(message, Settled("dead_lettered", reason, error_type, error_id))
 
 
+def settled_of(result: Result) -> Settled:
+    """How a message whose processing gave ``result`` is settled: acked."""
+    return Settled(result.outcome, result.detail, result.event.type, result.event.id)
+
+
+async def ack_through(message: AbstractIncomingMessage) -> None:
+    """Ack ``message`` and every unacked delivery before it on its channel (``multiple``).
+
+    Only for a run ``worker.flow.acks.OpenTags.plan`` found: all of them finished, each
+    with a ``Result`` (so ``settled_of`` says how each was settled)."""
+    await _bounded(message.ack(multiple=True))
+
+
 class AckFailed(Exception):
     """The work is done (``settled`` says what) but the ack did not go out; the broker will
     redeliver the message, and that copy is skipped as a duplicate."""
@@ -189,7 +200,11 @@ SETTLE_RETRY_MAX_S = 5.0
 
 
 def channel_closed(message: AbstractIncomingMessage) -> bool:
-    channel = getattr(message, "channel", None)
+    """Whether the channel ``message`` came on is closed (the broker requeues it then)."""
+    try:
+        channel = getattr(message, "channel", None)
+    except Exception:  # aio-pika raises ChannelInvalidStateError for a closed channel
+        return True
     return bool(getattr(channel, "is_closed", False))
 
 
