@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from handlers import route
 from handlers.model import Delivery
 from schemas import EPHEMERAL_TYPES, Event
-from worker.errors import FanoutError, InvalidMessage, TransientError
+from worker.errors import (
+    FanoutError,
+    InvalidMessage,
+    PushedUnrecorded,
+    StoreUnavailable,
+    TransientError,
+)
 from worker.events import parse
 from worker.flow.lanes import NUMBER, SEND, Turn
 from worker.flow.pipeline import Pipeline, Result
@@ -181,12 +187,18 @@ async def _mark(pipeline: Pipeline, live: list[Item], fallback: Fallback) -> Non
         ages[item.event.id] = now - item.event.timestamp_ms / 1000
     try:
         await pipeline.processed.record(list(ages))
-    except Exception:
+    except Exception as error:
         for item in live:
             assert item.event is not None
-            item.pushed = (len(item.deliveries), ages[item.event.id])
-            # Soketi has it: every later attempt in this process only marks it.
-            pipeline.unrecorded.add(item.event.id, *item.pushed)
+            deliveries, age_s = item.pushed = (len(item.deliveries), ages[item.event.id])
+            # Soketi has it: every later attempt in this process only marks it, and the error
+            # carries that to the retry tier's copy (``fanout-pushed``), as
+            # ``Pipeline._deliver_once`` does. Not marked again at once: with MongoDB down
+            # that would double the wait before a stop can hand it on.
+            pipeline.unrecorded.add(item.event.id, deliveries, age_s)
+            if isinstance(error, StoreUnavailable):
+                text = str(error)
+                item.error = PushedUnrecorded(text, deliveries=deliveries, age_s=age_s)
             fallback(item)
         return
     for item in live:
