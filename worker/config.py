@@ -185,6 +185,9 @@ class Settings(BrokerSettings):
     # (one duplicate check, one history write, one pushed mark for all); 1 processes each
     # message on its own, as redeliveries and retries always are.
     batch_max: int = Field(default=100, ge=1, le=65535)
+    # At most this many batches run at once; while they do, new first deliveries gather into
+    # the next one (bigger batches under load, no wait when idle).
+    batches_in_flight: int = Field(default=2, ge=1, le=1000)
     max_payload_kb: int = Field(default=100, ge=1)
     soketi_timeout_s: float = Field(default=5.0, gt=0)
     soketi_linger_ms: float = Field(default=2.0, ge=0)

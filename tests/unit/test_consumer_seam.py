@@ -90,7 +90,11 @@ class Exchange:
 
 
 def _consumer(
-    soketi: Soketi, dead: Exchange, batch_max: int = 100, store: SlowFirstStore | None = None
+    soketi: Soketi,
+    dead: Exchange,
+    batch_max: int = 100,
+    store: SlowFirstStore | None = None,
+    batches_in_flight: int = 2,
 ) -> Consumer:
     async def healthy() -> None:
         return None
@@ -103,6 +107,7 @@ def _consumer(
         metrics=Metrics.create(),
         circuits=Circuits(Circuit("soketi", healthy), Circuit("mongodb", healthy)),
         batch_max=batch_max,
+        batches_in_flight=batches_in_flight,
     )
 
 
@@ -295,6 +300,7 @@ class HeldFirstStore(SlowFirstStore):
     async def users(self, ids: Collection[str]) -> Mapping[str, Account]:
         [sender] = ids
         if sender == "u0":
+            self.asked.set()
             await self.release.wait()
         return {sender: Account(sender, sender)}
 
@@ -322,3 +328,31 @@ async def test_a_batch_is_acked_with_one_multiple_ack_up_to_an_open_delivery() -
     labels = {"event_type": "message.created", "outcome": "delivered", "reason": ""}
     registry = consumer.metrics.registry
     assert registry.get_sample_value("bazaar_fanout_messages_total", labels) == 11
+
+
+async def test_while_batches_run_new_messages_gather_into_one_bigger_batch() -> None:
+    """One batch may run at a time here and the first is held by its lookup: the twenty
+    messages that arrive meanwhile wait, then go as one batch, in order, all acked."""
+    store = HeldFirstStore()
+    soketi = Soketi()
+    consumer = _consumer(soketi, Exchange(), store=store, batches_in_flight=1)
+    first = Message(_chat(0, "c1"))
+    handling = asyncio.create_task(handled(consumer, first))
+    async with asyncio.timeout(5):
+        await store.asked.wait()  # the first batch runs, held
+    later = [Message(_chat(n, "c1")) for n in range(1, 21)]
+    arriving = []
+    for message in later:  # each in a loop turn of its own: without the limit, 20 batches
+        arriving.append(asyncio.create_task(consumer.handle(message)))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    assert soketi.pushed == []
+    store.release.set()
+    await handling
+    await asyncio.gather(*arriving)
+    order = [d.payload["content"] for d in soketi.pushed if d.channel == "private-chat-c1"]
+    assert order == [str(n) for n in range(21)]
+    assert all(m.settled == ["ack"] for m in [first, *later])
+    registry = consumer.metrics.registry
+    assert registry.get_sample_value("bazaar_fanout_batch_messages_count") == 2
+    assert registry.get_sample_value("bazaar_fanout_batch_messages_sum") == 21

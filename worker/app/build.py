@@ -220,6 +220,7 @@ def build_consumer(
         metrics=metrics,
         circuits=circuits,
         batch_max=settings.batch_max,
+        batches_in_flight=settings.batches_in_flight,
     )
     return consumer, gate
 

@@ -62,18 +62,30 @@ class Item:
 Fallback = Callable[[Item], None]
 
 
-async def process_batch(pipeline: Pipeline, items: Sequence[Item], fallback: Fallback) -> None:
+def _nothing() -> None:
+    return None
+
+
+async def process_batch(
+    pipeline: Pipeline,
+    items: Sequence[Item],
+    fallback: Fallback,
+    waiting: Callable[[], None] = _nothing,
+) -> None:
     """Take first deliveries through the pipeline together; see the module docstring.
 
     Every item ends with an ``outcome`` or handed to ``fallback``; the caller settles the
     first kind and finishes their turns (already finished here when settled early).
+    ``waiting`` is called when the batch, recorded, starts waiting for Soketi's circuit to
+    close: the caller may start more batches meanwhile (they are recorded too, so polling
+    clients see them during the outage).
     """
     live = _parse(pipeline, items, fallback)
     live = await _check_and_load(pipeline, live, fallback)
     if live:
         live = await _stamp(pipeline, live, fallback)
     if live:
-        live = await _deliver(pipeline, live, fallback)
+        live = await _deliver(pipeline, live, fallback, waiting)
     if live:
         await _mark(pipeline, live, fallback)
 
@@ -151,9 +163,13 @@ async def _stamp(pipeline: Pipeline, live: list[Item], fallback: Fallback) -> li
     return live
 
 
-async def _deliver(pipeline: Pipeline, live: list[Item], fallback: Fallback) -> list[Item]:
+async def _deliver(
+    pipeline: Pipeline, live: list[Item], fallback: Fallback, waiting: Callable[[], None]
+) -> list[Item]:
     """Hand every item's deliveries over in lane order; wait for their calls together."""
     try:
+        if not pipeline.soketi_gate.is_open():
+            waiting()
         await pipeline.soketi_gate.wait()
     except Exception:  # shutdown while Soketi was down: the per-message path hands them back
         return _leave(live, fallback, None)
@@ -167,7 +183,12 @@ async def _deliver(pipeline: Pipeline, live: list[Item], fallback: Fallback) -> 
             continue
         await item.turn.wait(SEND)
         assert item.event is not None
-        sending.append((item, pipeline.soketi.enqueue(item.deliveries, item.event.socket_id)))
+        try:
+            sent = pipeline.soketi.enqueue(item.deliveries, item.event.socket_id)
+        except Exception as error:  # refused before it was in line (PayloadTooLarge)
+            _fail(item, error, fallback)
+            continue
+        sending.append((item, sent))
         item.turn.passed(SEND)
     answers = await asyncio.gather(*(sent for _, sent in sending), return_exceptions=True)
     for (item, _), answer in zip(sending, answers, strict=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +91,10 @@ class Consumer:
     _lanes: Lanes = field(default_factory=Lanes)
     #: At most this many first deliveries per batch; 1 turns batching off.
     batch_max: int = 100
+    #: At most this many batches run at once; more first deliveries keep gathering.
+    batches_in_flight: int = 2
     _gathering: _Batch | None = None
+    _batches_running: int = 0
     _open_tags: OpenTags = field(default_factory=OpenTags)
 
     def __post_init__(self) -> None:
@@ -162,20 +165,29 @@ class Consumer:
         )
 
     def _gather(self, arrived: _Arrived) -> _Batch:
-        """Add ``arrived`` to the batch that is gathering; return that batch."""
+        """Add ``arrived`` to the batch that is gathering; return that batch.
+
+        The batch starts on the next loop turn, or once ``batch_max`` messages are in, or,
+        while ``batches_in_flight`` batches run, when one of them is done: idle, a message
+        waits one loop turn; busy, batches grow by themselves.
+        """
         batch = self._gathering
         if batch is None:
             batch = self._gathering = _Batch()
             asyncio.get_running_loop().call_soon(self._start_batch, batch)
         batch.arrived.append(arrived)
         if len(batch.arrived) >= self.batch_max:
-            self._start_batch(batch)
+            self._start_batch(batch, full=True)
         return batch
 
-    def _start_batch(self, batch: _Batch) -> None:
-        if self._gathering is batch:
-            self._gathering = None
-            self._spawn(self._run_batch(batch))
+    def _start_batch(self, batch: _Batch, *, full: bool = False) -> None:
+        if self._gathering is not batch:
+            return  # started already
+        if not full and self._batches_running >= self.batches_in_flight:
+            return  # it keeps gathering; the next batch to finish starts it
+        self._gathering = None
+        self._batches_running += 1
+        self._spawn(self._run_batch(batch))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
@@ -186,12 +198,23 @@ class Consumer:
     async def _run_batch(self, batch: _Batch) -> None:
         """Process a batch; settle what it settled, in arrival order; hand the rest on."""
         self.metrics.batch_messages.observe(len(batch.arrived))
+        running = True
+
+        def step_aside() -> None:  # waiting for Soketi, not working: the next may start
+            nonlocal running
+            if running:
+                running = False
+                self._batches_running -= 1
+                if self._gathering is not None:
+                    self._start_batch(self._gathering)
+
         try:
-            await self._process_batch(batch.arrived)
+            await self._process_batch(batch.arrived, step_aside)
         finally:
             batch.done.set()
+            step_aside()
 
-    async def _process_batch(self, arrived: list[_Arrived]) -> None:
+    async def _process_batch(self, arrived: list[_Arrived], waiting: Callable[[], None]) -> None:
         by_item = {id(each.item): each for each in arrived}
         handed: set[int] = set()
 
@@ -214,7 +237,8 @@ class Consumer:
 
         try:
             try:
-                await process_batch(self.pipeline, [each.item for each in arrived], fallback)
+                items = [each.item for each in arrived]
+                await process_batch(self.pipeline, items, fallback, waiting)
             except Exception as error:  # a defect: what is left goes the per-message way
                 log.error("fanout.batch_failed", error=f"{type(error).__name__}: {error}")
                 for each in arrived:
