@@ -20,6 +20,7 @@ from handlers.model import Delivery
 from schemas import parse_event
 from tests.integration.harness import Fanout, envelope, running_worker
 from tests.integration.proxy import TcpProxy
+from worker.flow.lanes import UNORDERED
 from worker.history.cursor import format_cursor, parse_cursor
 from worker.history.recorder import History
 from worker.mongo.gateway import MongoGateway
@@ -469,6 +470,45 @@ async def test_two_workers_numbering_one_channel_never_share_a_number(
         await second.close()
         floor = await client[names.db].fanout_cursors.find_one({"_id": "private-admin"})
         assert floor is not None and floor["seq"] >= max(admin)
+    finally:
+        await client.close()
+
+
+async def test_two_workers_numbering_one_channel_in_batches_never_share_a_number(
+    mongo_url: str, names: Any
+) -> None:
+    """The same race through ``stamp_batch`` (the batch path): each recorder numbers ten
+    events at a time in one write; an entry the other worker's number refused is renumbered
+    on its own, and every delivery carries the cursor that was stored for it."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url, tz_aware=True)
+    try:
+        gateway = MongoGateway(client[names.db], RetryPolicy.instant())
+        first, second = History(HistoryLog(gateway, 3600)), History(HistoryLog(gateway, 3600))
+        await first.ensure_indexes()
+
+        async def record(history: History, batch: int) -> list[list[Delivery]]:
+            items = []
+            for n in range(batch * 10, batch * 10 + 10):
+                event = parse_event(orjson.dumps(alert(f"a{n}")))
+                deliveries = [
+                    Delivery("private-admin", "system-alert", {"n": n}),
+                    Delivery(f"private-user-u{n % 3}", "system-alert", {"n": n}),
+                ]
+                items.append((event, deliveries, UNORDERED))
+            return await history.stamp_batch(items)
+
+        stamped = await asyncio.gather(*(record(first if b % 2 else second, b) for b in range(8)))
+        stored = await client[names.db].fanout_history.find().to_list(None)
+        numbers = [(doc["channel"], doc["seq"]) for doc in stored]
+        assert len(stored) == 160
+        assert len(set(numbers)) == 160, "two entries share a (channel, number)"
+        by_payload = {(doc["channel"], doc["payload"]["n"]): doc["cursor"] for doc in stored}
+        for batch in stamped:
+            for deliveries in batch:
+                for d in deliveries:
+                    assert d.payload["cursor"] == by_payload[(d.channel, d.payload["n"])]
+        await first.close()
+        await second.close()
     finally:
         await client.close()
 
