@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,57 +19,24 @@ from worker.errors import (
 )
 from worker.events import peek
 from worker.flow.acks import OpenTags
-from worker.flow.batch import Item, process_batch
+from worker.flow.batch import Item
+from worker.flow.batching import Arrived, Batches, Held
 from worker.flow.circuit import Circuits, first_of
-from worker.flow.ids import InFlightIds
 from worker.flow.lanes import UNORDERED, Lanes, Turn
+from worker.flow.observe import observe
 from worker.flow.pipeline import Pipeline, Result
 from worker.flow.settle import (
     SETTLE_RETRY_INITIAL_S,
     SETTLE_RETRY_MAX_S,
     AckFailed,
-    Settled,
     SettlePaths,
-    ack_through,
     channel_closed,
     give_back,
     settle,
-    settled_of,
 )
 from worker.metrics import Metrics
 
 log = structlog.get_logger("fanout")
-
-
-@dataclass(slots=True)
-class _Arrived:
-    """A message waiting in the batch that is gathering."""
-
-    message: AbstractIncomingMessage
-    item: Item
-    event_id: str
-    started: float
-    #: Its per-message work, once it left the batch.
-    fallback: asyncio.Task[None] | None = None
-
-
-@dataclass(slots=True)
-class _Batch:
-    """The messages of one batch, gathered for a loop turn; ``done`` once it is settled."""
-
-    arrived: list[_Arrived] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class _Held(contextlib.AbstractAsyncContextManager[None]):
-    """An id a batch took on arrival (``InFlightIds.try_hold``), released on leaving."""
-
-    def __init__(self, ids: InFlightIds, event_id: str) -> None:
-        self._ids = ids
-        self._event_id = event_id
-
-    async def __aexit__(self, *_: object) -> None:
-        self._ids.release(self._event_id)
 
 
 @dataclass
@@ -93,12 +60,20 @@ class Consumer:
     batch_max: int = 100
     #: At most this many batches run at once; more first deliveries keep gathering.
     batches_in_flight: int = 2
-    _gathering: _Batch | None = None
-    _batches_running: int = 0
     _open_tags: OpenTags = field(default_factory=OpenTags)
+    _batches: Batches = field(init=False)
 
     def __post_init__(self) -> None:
         self._idle.set()
+        self._batches = Batches(
+            self,
+            self.pipeline,
+            self.circuits,
+            self.metrics,
+            self._open_tags,
+            batch_max=self.batch_max,
+            batches_in_flight=self.batches_in_flight,
+        )
 
     def stop(self) -> None:
         """Release held messages back to the queue instead of waiting for circuits to close."""
@@ -112,27 +87,17 @@ class Consumer:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Process and settle one message; never raises (an unsettled message is redelivered).
 
-        A first delivery joins the batch that is gathering (``worker.flow.batch``), which
-        starts on the next loop turn or once ``batch_max`` messages are in; anything else
-        (a redelivery, a retry, a second copy of an id in flight, an open circuit) takes the
-        per-message path at once.
-
-        The work runs in tasks of our own: aiormq cancels its consumer callbacks when the
-        channel closes (a broker connection loss), and a cancel between Soketi accepting a
-        trigger and the id being recorded would push the redelivered copy a second time. Only
-        ``abandon`` (shutdown) cancels the work. The per-message path is shielded from this
-        callback (a plain function returning the task would not do: aio-pika awaits what such
-        a callback returns, so the cancel would reach the work; the broker-cut test catches
-        it); a batched message is only appended here.
+        A first delivery joins the gathering batch (``worker.flow.batching``); a redelivery,
+        a retry, a copy of an id in flight or an open circuit takes the per-message path.
+        Either way the work runs in tasks of ours: aiormq cancels its callbacks when the
+        channel closes, and a cancel between Soketi accepting and the mark would push the
+        redelivered copy again (the broker-cut test catches it). Only ``abandon`` cancels.
         """
         started = time.perf_counter()
         self._enter(message)
-        # Both taken before the first await, so in arrival order: the lane turn keeps one
-        # conversation's cursors and triggers in publish order however many messages run at
-        # once, and a second copy of an id waits for the first to be processed. That copy
-        # takes no place in the lane: it is a duplicate once the first is pushed (or late
-        # anyway if the first failed), and nobody behind it may wait for it while it waits
-        # for a batch that holds the next message of its lane.
+        # Taken before the first await, so in arrival order: the lane turn keeps a lane's
+        # cursors and triggers in publish order. A copy of an id in flight takes no turn (it
+        # is a duplicate, or late anyway): nobody may wait for it while it waits for the id.
         lane, event_id = peek(message.body)
         copy = event_id is not None and event_id in self.pipeline.in_flight
         turn = UNORDERED if copy else self._lanes.turn(lane)
@@ -142,17 +107,16 @@ class Consumer:
             and self._batchable(message)
             and self.pipeline.in_flight.try_hold(event_id)
         ):
-            arrived = _Arrived(message, Item(message.body, turn), event_id, started)
-            batch = self._gather(arrived)
-            # Returns once the message is settled, as on the per-message path: a shard's
-            # hand-over waits for its callbacks (``worker.flow.handover``). A cancel (the
-            # channel closed) only stops the waiting.
+            arrived = Arrived(message, Item(message.body, turn), event_id, started)
+            batch = self._batches.add(arrived)
+            # Returns once it is settled: a shard's hand-over waits for its callbacks
+            # (``worker.flow.handover``). A cancel (the channel closed) only stops the wait.
             await batch.done.wait()
             if arrived.fallback is not None:
                 await asyncio.shield(arrived.fallback)
             return
         held = self.pipeline.in_flight.hold(event_id) if event_id else contextlib.nullcontext()
-        await asyncio.shield(self._spawn(self._handle(message, turn, held, started)))
+        await asyncio.shield(self.spawn(self._handle(message, turn, held, started)))
 
     def _batchable(self, message: AbstractIncomingMessage) -> bool:
         return (
@@ -164,139 +128,32 @@ class Consumer:
             and broker.pushed_of(message) is None
         )
 
-    def _gather(self, arrived: _Arrived) -> _Batch:
-        """Add ``arrived`` to the batch that is gathering; return that batch.
-
-        The batch starts on the next loop turn, or once ``batch_max`` messages are in, or,
-        while ``batches_in_flight`` batches run, when one of them is done: idle, a message
-        waits one loop turn; busy, batches grow by themselves.
-        """
-        batch = self._gathering
-        if batch is None:
-            batch = self._gathering = _Batch()
-            asyncio.get_running_loop().call_soon(self._start_batch, batch)
-        batch.arrived.append(arrived)
-        if len(batch.arrived) >= self.batch_max:
-            self._start_batch(batch, full=True)
-        return batch
-
-    def _start_batch(self, batch: _Batch, *, full: bool = False) -> None:
-        if self._gathering is not batch:
-            return  # started already
-        if not full and self._batches_running >= self.batches_in_flight:
-            return  # it keeps gathering; the next batch to finish starts it
-        self._gathering = None
-        self._batches_running += 1
-        self._spawn(self._run_batch(batch))
-
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run_batch(self, batch: _Batch) -> None:
-        """Process a batch; settle what it settled, in arrival order; hand the rest on."""
-        self.metrics.batch_messages.observe(len(batch.arrived))
-        running = True
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` in a task of ours (``abandon`` cancels what is left of them)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
-        def step_aside() -> None:  # waiting for Soketi, not working: the next may start
-            nonlocal running
-            if running:
-                running = False
-                self._batches_running -= 1
-                if self._gathering is not None:
-                    self._start_batch(self._gathering)
-
-        try:
-            await self._process_batch(batch.arrived, step_aside)
-        finally:
-            batch.done.set()
-            step_aside()
-
-    async def _process_batch(self, arrived: list[_Arrived], waiting: Callable[[], None]) -> None:
-        by_item = {id(each.item): each for each in arrived}
-        handed: set[int] = set()
-
-        def fallback(item: Item) -> None:
-            handed.add(id(item))
-            each = by_item[id(item)]
-            held = _Held(self.pipeline.in_flight, each.event_id)  # taken at arrival
-            event = item.event
-            work = self._handle(
-                each.message,
-                item.turn,
-                held,
-                each.started,
-                pushed=item.pushed,
-                from_batch=True,
-                failed=item.error,
-                identity=(event.type, event.id) if event is not None else None,
-            )
-            each.fallback = self._spawn(work)
-
-        try:
-            try:
-                items = [each.item for each in arrived]
-                await process_batch(self.pipeline, items, fallback, waiting)
-            except Exception as error:  # a defect: what is left goes the per-message way
-                log.error("fanout.batch_failed", error=f"{type(error).__name__}: {error}")
-                for each in arrived:
-                    if each.item.outcome is None and id(each.item) not in handed:
-                        fallback(each.item)
-        finally:
-            done = [each for each in arrived if id(each.item) not in handed]
-            for each in done:
-                self.pipeline.in_flight.release(each.event_id)
-                each.item.turn.finish()
-        try:
-            outcomes = [each.item.outcome for each in done]
-            if any(isinstance(outcome, Result) for outcome in outcomes):
-                self.circuits.mongodb.record_success()
-            if any(isinstance(o, Result) and o.deliveries for o in outcomes):
-                self.circuits.soketi.record_success()
-            merged = await self._ack_runs(done)
-            for each, outcome in zip(done, outcomes, strict=True):
-                if outcome is None:  # cancelled mid-batch (shutdown): the broker requeues it
-                    continue
-                if id(each.message) not in merged:
-                    try:
-                        await self._settle(each.message, outcome, each.started)
-                    except Exception as error:  # a defect: never leave the rest unsettled
-                        log.error(
-                            "fanout.settle_failed",
-                            message_id=each.message.message_id,
-                            error=f"{type(error).__name__}: {error}",
-                        )
-        finally:
-            for each in done:
-                self._leave(each.message)
-
-    async def _ack_runs(self, done: list[_Arrived]) -> set[int]:
-        """Ack the runs of finished ``Result`` messages that one ``multiple`` ack each can
-        cover (``worker.flow.acks``); count and log them; return their ``id``s."""
-        results = {id(e.message): e for e in done if isinstance(e.item.outcome, Result)}
-        runs, _ = self._open_tags.plan([each.message for each in results.values()])
-        merged: set[int] = set()
-        for last, covered in runs:
-            try:
-                await ack_through(last)
-            except Exception as error:  # as ``AckFailed``: done, counted, handed back
-                log.warning(
-                    "fanout.ack_failed",
-                    message_id=last.message_id,
-                    messages=len(covered),
-                    error=f"{type(error).__name__}: {error}",
-                )
-                await give_back(last)
-            now = time.perf_counter()
-            for message in covered:
-                each = results[id(message)]
-                result = each.item.outcome
-                assert isinstance(result, Result)
-                self._observe(message, result, settled_of(result), now - each.started)
-                merged.add(id(message))
-        return merged
+    def alone(self, arrived: Arrived) -> Coroutine[Any, Any, None]:
+        """The per-message path of a message that left its batch, with what the batch knew."""
+        item, event = arrived.item, arrived.item.event
+        return self._handle(
+            arrived.message,
+            item.turn,
+            Held(self.pipeline.in_flight, arrived.event_id),  # taken at arrival
+            arrived.started,
+            pushed=item.pushed,
+            from_batch=True,
+            failed=item.error,
+            identity=(event.type, event.id) if event is not None else None,
+        )
 
     async def _handle(
         self,
@@ -321,7 +178,7 @@ class Consumer:
                     )
             finally:
                 turn.finish()
-            await self._settle(message, result, started)
+            await self.settle(message, result, started)
         except Exception as error:  # nothing settled: hand it back
             log.warning(
                 "fanout.settle_failed",
@@ -331,19 +188,19 @@ class Consumer:
             if result is None:
                 await give_back(message)
         finally:
-            self._leave(message)
+            self.leave(message)
 
-    async def _settle(
+    async def settle(
         self, message: AbstractIncomingMessage, result: Result | BaseException, started: float
     ) -> None:
         """Settle, count and log; never raises."""
         try:
             settled = await settle(message, result, self.paths)
-            self._observe(message, result, settled, time.perf_counter() - started)
+            observe(self.metrics, message, result, settled, time.perf_counter() - started)
         except AckFailed as failed:
             # Done, whatever became of the ack: the redelivered copy will only count as a
             # duplicate, so count what was done now or never.
-            self._observe(message, result, failed.settled, time.perf_counter() - started)
+            observe(self.metrics, message, result, failed.settled, time.perf_counter() - started)
             log.warning(
                 "fanout.ack_failed",
                 message_id=message.message_id,
@@ -383,13 +240,15 @@ class Consumer:
             try:
                 settled = await settle(message, result, self.paths)
             except AckFailed as failed:
-                self._observe(message, result, failed.settled, time.perf_counter() - started)
+                observe(
+                    self.metrics, message, result, failed.settled, time.perf_counter() - started
+                )
                 await give_back(message)
                 return
             except Exception as error:
                 log.info("fanout.settle_retry_failed", error=f"{type(error).__name__}: {error}")
                 continue
-            self._observe(message, result, settled, time.perf_counter() - started)
+            observe(self.metrics, message, result, settled, time.perf_counter() - started)
             return
         await give_back(message)
 
@@ -482,43 +341,10 @@ class Consumer:
         self._idle.clear()
         self.metrics.in_flight.inc()
 
-    def _leave(self, message: AbstractIncomingMessage) -> None:
+    def leave(self, message: AbstractIncomingMessage) -> None:
+        """``message``'s work is over: it is no longer in flight."""
         self._open_tags.discard(message)
         self._in_flight -= 1
         self.metrics.in_flight.dec()
         if self._in_flight == 0:
             self._idle.set()
-
-    def _observe(
-        self,
-        message: AbstractIncomingMessage,
-        result: Result | BaseException,
-        settled: Settled,
-        duration_s: float,
-    ) -> None:
-        metrics = self.metrics
-        # Children looked up once per label set (``Metrics.child``): ~1.3 us less a message.
-        metrics.child(metrics.messages, settled.event_type, settled.outcome, settled.reason).inc()
-        metrics.child(metrics.processing_seconds, settled.event_type).observe(duration_s)
-        if isinstance(result, Result) and result.outcome == "delivered":
-            metrics.event_age_seconds.observe(max(result.age_s, 0.0))
-        if settled.outcome == "retried":
-            metrics.child(metrics.retries_scheduled, settled.reason).inc()
-        fields = {
-            "event_id": settled.event_id or message.message_id,
-            "event_type": settled.event_type,
-            "outcome": settled.outcome,
-            "attempts": broker.attempts_of(message) + 1,
-            "duration_ms": round(duration_s * 1000, 2),
-            "routing_key": message.routing_key,
-        }
-        if isinstance(result, Result):  # the envelope's own bookkeeping (contract section 2)
-            fields["correlation_id"] = result.event.correlation_id
-            fields["source"] = result.event.source
-            fields["version"] = result.event.version
-        if settled.reason:
-            fields["reason"] = settled.reason
-        if isinstance(result, BaseException):
-            fields["error"] = str(result)[:300]
-        level = "info" if settled.outcome in ("delivered", "duplicate", "dropped") else "warning"
-        getattr(log, level)("fanout.message_settled", **fields)
